@@ -1,0 +1,30 @@
+# Freshwire: `make up` runs the stack and its demo, `make test` runs every test.
+SHELL := /bin/bash
+PY := .venv/bin/python
+
+.PHONY: install up up-bg down clean test test-unit lint bench
+
+install:
+	@bash connectors/install.sh
+
+up: install
+	@$(PY) -m connectors.stack up
+
+up-bg: install
+	@$(PY) -m connectors.stack up --detach
+
+down:
+	@$(PY) -m connectors.stack down
+
+clean:
+	@$(PY) -m connectors.stack clean
+
+test: install
+	@$(PY) -m pytest -q
+
+test-unit: install
+	@$(PY) -m pytest -q -m "not stack"
+
+lint:
+	@.venv/bin/ruff check cdc gateway connectors tests
+	@.venv/bin/mypy cdc gateway connectors

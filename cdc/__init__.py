@@ -1,0 +1,1 @@
+"""cdc: Debezium change events in, exact invalidation batches out (Redis and the ops topic)."""

@@ -1,0 +1,50 @@
+"""`python -m cdc` / `freshwire-cdc`: run the consumer until SIGTERM or Ctrl-C."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+
+from cdc.consumer import Pipeline
+from cdc.effects import EffectError
+from cdc.errors import RulesError, SettingsError
+from cdc.metrics import Metrics, serve
+from cdc.rules import load_rules
+from cdc.settings import load_settings
+
+log = logging.getLogger("cdc")
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        settings = load_settings(argv)
+        rules = load_rules(settings.rules_path)
+    except (SettingsError, RulesError) as exc:
+        print(f"freshwire-cdc: {exc}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("signal %s: finishing the batch in hand, then stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    metrics = Metrics()
+    server = serve(metrics, settings.cdc_metrics_host, settings.cdc_metrics_port)
+    log.info("rules: %s table(s) from %s", len(rules.tables), settings.rules or "(defaults only)")
+    try:
+        Pipeline(settings, rules, metrics, stop).run()
+    except EffectError as exc:
+        log.warning("stopped with effects pending (they replay on the next start): %s", exc)
+    finally:
+        server.shutdown()
+    log.info("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""The consumer loop: Kafka records in, effects out, offsets committed only after the effects.
+
+Order per chunk of records: decode and assemble (pure) -> dead letters -> Redis (versions, fan-out,
+watermark) -> ops topic -> wait for Kafka acks -> commit the safe offset. Every effect is idempotent,
+so a crash anywhere replays from the last commit and changes nothing twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, Message, TopicPartition
+
+from cdc.assembler import Assembler
+from cdc.decode import decode
+from cdc.effects import EffectError, KafkaOutputs, RedisRelease
+from cdc.errors import DecodeError
+from cdc.metrics import Metrics
+from cdc.model import Batch
+from cdc.rules import Rules
+from cdc.settings import Settings
+from cdc.versions import lsn_of_version
+
+log = logging.getLogger(__name__)
+
+LAG_REFRESH_S = 1.0
+
+
+class Pipeline:
+    def __init__(self, settings: Settings, rules: Rules, metrics: Metrics, stop: threading.Event) -> None:
+        self.settings = settings
+        self.rules = rules
+        self.metrics = metrics
+        self.stop = stop
+        self.assemblers: dict[int, Assembler] = {}
+        self.redis = RedisRelease(settings.redis_url)
+        self.outputs = KafkaOutputs(settings.kafka_bootstrap, settings.ops_topic, settings.dlq_topic)
+        self.consumer = Consumer({
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": settings.cdc_group,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "fetch.wait.max.ms": 100,
+            "socket.nagle.disable": True,
+            "partition.assignment.strategy": "cooperative-sticky",
+            "log_level": 4,
+        })
+        self._last_lag_check = 0.0
+
+    # -- rebalance: the stream restarts from the committed offset, so forget what is in hand
+    def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for p in partitions:
+            self.assemblers[p.partition] = Assembler(self.rules)
+        log.info("assigned %s", [p.partition for p in partitions])
+
+    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for p in partitions:
+            self.assemblers.pop(p.partition, None)
+        log.info("revoked %s", [p.partition for p in partitions])
+
+    def run(self) -> None:
+        self.consumer.subscribe([self.settings.cdc_topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
+        self.metrics.ready.set(1)
+        log.info("consuming %s as group %s", self.settings.cdc_topic, self.settings.cdc_group)
+        try:
+            while not self.stop.is_set():
+                msgs = self.consumer.consume(self.settings.cdc_max_records, self.settings.cdc_poll_timeout_ms / 1000)
+                if msgs:
+                    self._process(msgs)
+                self._refresh_lag()
+        finally:
+            self.close()
+
+    def _process(self, msgs: list[Message]) -> None:
+        batches: list[Batch] = []
+        touched: set[int] = set()
+        for msg in msgs:
+            err = msg.error()
+            if err is not None:
+                if err.code() != KafkaError._PARTITION_EOF:
+                    log.warning("consume error: %s", err)
+                continue
+            partition, offset = msg.partition() or 0, msg.offset() or 0
+            assembler = self.assemblers.get(partition)
+            if assembler is None:
+                continue  # revoked while in hand
+            self.metrics.records_in.inc()
+            touched.add(partition)
+            try:
+                record = decode(msg.key(), msg.value())
+            except DecodeError as exc:
+                self.metrics.dlq.labels(exc.code).inc()
+                log.warning("dead-lettering %s[%s]@%s: %s", msg.topic(), msg.partition(), msg.offset(), exc)
+                self.outputs.dead_letter(msg, exc)
+                assembler.skip(offset)
+                continue
+            batch = assembler.feed(record, offset)
+            if batch is not None:
+                batches.append(batch)
+        self._apply(batches)
+        self._commit(touched)
+
+    def _apply(self, batches: list[Batch]) -> None:
+        self._retrying("redis", lambda: self.redis.release(batches))
+        self._retrying("kafka", lambda: self._append_ops(batches))
+        now_ms = time.time() * 1000
+        for b in batches:
+            self.metrics.commit_to_publish.observe(max(0.0, (now_ms - b.commit_ts_ms) / 1000))
+            self.metrics.keys_out.inc(len(b.keys))
+        if batches:
+            self.metrics.batches_out.inc(len(batches))
+            self.metrics.last_version.set(lsn_of_version(batches[-1].version))
+
+    def _append_ops(self, batches: list[Batch]) -> None:
+        self.outputs.append_ops(batches)
+        self.outputs.flush()
+
+    def _retrying(self, effect: str, action: Callable[[], Any]) -> None:
+        delay = 0.05
+        while True:
+            try:
+                action()
+                self.metrics.ready.set(1)
+                return
+            except EffectError as exc:
+                self.metrics.ready.set(0)
+                self.metrics.retries.labels(effect).inc()
+                log.warning("%s effect failed, retrying in %.2fs: %s", effect, delay, exc)
+                if self.stop.wait(delay):
+                    raise
+                delay = min(delay * 2, self.settings.cdc_retry_max_s)
+
+    def _commit(self, partitions: set[int]) -> None:
+        offsets = []
+        for p in partitions:
+            assembler = self.assemblers.get(p)
+            if assembler is not None and assembler.safe_offset is not None:
+                offsets.append(TopicPartition(self.settings.cdc_topic, p, assembler.safe_offset))
+        if offsets:
+            self.consumer.commit(offsets=offsets, asynchronous=False)
+
+    def _refresh_lag(self) -> None:
+        now = time.monotonic()
+        if now - self._last_lag_check < LAG_REFRESH_S:
+            return
+        self._last_lag_check = now
+        lag = 0
+        for p in self.assemblers:
+            tp = TopicPartition(self.settings.cdc_topic, p)
+            _low, high = self.consumer.get_watermark_offsets(tp, cached=True)
+            pos = self.consumer.position([tp])[0].offset
+            if high >= 0 and pos != OFFSET_INVALID and pos >= 0:
+                lag += max(0, high - pos)
+        self.metrics.consumer_lag.set(lag)
+
+    def close(self) -> None:
+        try:
+            self.consumer.close()
+        finally:
+            self.outputs.close()
+            self.redis.close()

@@ -1,0 +1,106 @@
+"""Decode Debezium's JSON envelope (converters with schemas disabled) into typed records.
+
+Pure: bytes in, a record or a DecodeError out. Anything not understood raises DecodeError with a
+stable code, so the consumer can send the original bytes to the dead-letter topic.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, cast
+
+from cdc.errors import DecodeError
+from cdc.model import Heartbeat, Op, Record, Row, RowChange, Tombstone, TxBegin, TxEnd
+
+OPS: frozenset[str] = frozenset({"c", "u", "d", "r", "t"})
+MAX_RECORD_BYTES = 16 * 1024 * 1024
+
+
+def _json(raw: bytes, what: str) -> Any:
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DecodeError("bad_json", f"{what} is not JSON: {exc}") from None
+
+
+def _int(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise DecodeError("bad_field", f"{what} must be an integer, got {value!r}")
+    return value
+
+
+def _row(value: Any, what: str) -> Row | None:
+    if value is None or isinstance(value, dict):
+        return cast(Row | None, value)
+    raise DecodeError("bad_field", f"{what} must be an object or null")
+
+
+def _split_tx_id(tx_id: Any) -> tuple[str, int]:
+    """Debezium's transaction id is 'txId:LSN'; the LSN part differs between BEGIN, changes and END."""
+    if not isinstance(tx_id, str) or ":" not in tx_id:
+        raise DecodeError("bad_transaction", f"transaction id must be 'txId:LSN', got {tx_id!r}")
+    xid, _, lsn = tx_id.partition(":")
+    if not xid or not lsn.isdigit():
+        raise DecodeError("bad_transaction", f"transaction id must be 'txId:LSN', got {tx_id!r}")
+    return xid, int(lsn)
+
+
+def _transaction(value: dict[str, Any]) -> Record:
+    xid, lsn = _split_tx_id(value.get("id"))
+    if value["status"] == "BEGIN":
+        return TxBegin(tx_id=xid)
+    count = value.get("event_count")
+    return TxEnd(tx_id=xid, end_lsn=lsn, ts_ms=_int(value.get("ts_ms", 0), "ts_ms"),
+                 event_count=_int(count, "event_count"))
+
+
+def _change(key: Any, value: dict[str, Any]) -> RowChange:
+    op = value.get("op")
+    if op not in OPS:
+        raise DecodeError("unknown_op", f"unsupported op {op!r}")
+    source = value.get("source")
+    if not isinstance(source, dict):
+        raise DecodeError("bad_field", "source must be an object")
+    schema, table = source.get("schema"), source.get("table")
+    if not isinstance(schema, str) or not isinstance(table, str) or not table:
+        raise DecodeError("bad_field", "source.schema and source.table must be strings")
+    tx = value.get("transaction")
+    if tx is not None and not isinstance(tx, dict):
+        raise DecodeError("bad_transaction", "transaction must be an object or null")
+    before, after = _row(value.get("before"), "before"), _row(value.get("after"), "after")
+    if op in ("c", "r") and after is None:
+        raise DecodeError("bad_field", f"op {op} without an after image")
+    if op == "d" and before is None:
+        raise DecodeError("bad_field", "op d without a before image")
+    if op == "u" and after is None:
+        raise DecodeError("bad_field", "op u without an after image")
+    return RowChange(
+        schema=schema,
+        table=table,
+        op=cast(Op, op),
+        before=before,
+        after=after,
+        key=key if isinstance(key, dict) else None,
+        tx_id=None if tx is None else _split_tx_id(tx.get("id"))[0],
+        lsn=_int(source.get("lsn"), "source.lsn"),
+        ts_ms=_int(source.get("ts_ms", 0), "source.ts_ms"),
+    )
+
+
+def decode(key: bytes | None, value: bytes | None) -> Record:
+    """Decode one Kafka record produced by the Debezium Postgres connector."""
+    if value is None:
+        return Tombstone()
+    if len(value) > MAX_RECORD_BYTES:
+        raise DecodeError("too_large", f"value of {len(value)} bytes exceeds {MAX_RECORD_BYTES}")
+    body = _json(value, "value")
+    if not isinstance(body, dict):
+        raise DecodeError("bad_envelope", "value must be a JSON object")
+    decoded_key = _json(key, "key") if key is not None else None
+    if body.get("status") in ("BEGIN", "END") and "id" in body:
+        return _transaction(body)
+    if "op" in body:
+        return _change(decoded_key, body)
+    if set(body) == {"ts_ms"} and isinstance(decoded_key, dict) and "serverName" in decoded_key:
+        return Heartbeat(ts_ms=_int(body["ts_ms"], "ts_ms"))
+    raise DecodeError("unknown_record", "neither a change, a transaction marker nor a heartbeat")

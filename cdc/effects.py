@@ -1,0 +1,157 @@
+"""The consumer's effects, each safe to repeat: Redis versions + fan-out, the ops topic, the DLQ."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from cdc.errors import DecodeError
+from cdc.model import Batch
+from cdc.redis_layout import PREFIXES, RELEASE_LUA, VERSIONS, WATERMARK, release_args
+from cdc.versions import is_version
+
+log = logging.getLogger(__name__)
+
+RECOVER_TIMEOUT_S = 10.0
+
+
+class EffectError(RuntimeError):
+    """An effect did not complete; the batch is retried (all effects are idempotent)."""
+
+    retriable = True
+
+
+class RedisRelease:
+    """Advance versions only forward and publish what advanced, one atomic script call per batch."""
+
+    def __init__(self, url: str) -> None:
+        self._redis = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2)
+        self._script = self._redis.register_script(RELEASE_LUA)
+
+    def release(self, batches: Sequence[Batch]) -> int:
+        """Returns how many keys advanced in all; raises EffectError if Redis did not answer."""
+        if not batches:
+            return 0
+        try:
+            pipe = self._redis.pipeline(transaction=False)
+            for b in batches:
+                self._script(keys=[VERSIONS, PREFIXES, WATERMARK],
+                             args=release_args(b.version, b.commit_ts_ms, b.keys, b.prefixes), client=pipe)
+            return sum(int(n) for n in pipe.execute())
+        except redis.RedisError as exc:
+            raise EffectError(f"redis: {exc}") from exc
+
+    def watermark(self) -> str | None:
+        value = self._redis.get(WATERMARK)
+        return value.decode() if isinstance(value, bytes) else None
+
+    def close(self) -> None:
+        self._redis.close()
+
+
+def ops_record(batch: Batch) -> bytes:
+    return json.dumps({
+        "version": batch.version,
+        "txId": batch.tx_id,
+        "commitTs": batch.commit_ts_ms,
+        "keys": list(batch.keys),
+        "prefixes": list(batch.prefixes),
+        "ops": batch.ops,
+    }, separators=(",", ":")).encode()
+
+
+def last_ops_version(bootstrap: str, topic: str) -> str:
+    """The version of the last record in the (single-partition) ops topic, "" if none.
+
+    Batches at or below it were already appended before a crash, so they are not appended again.
+    """
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "freshwire-ops-recovery",
+                         "enable.auto.commit": False, "log_level": 3})
+    try:
+        meta = consumer.list_topics(topic, timeout=RECOVER_TIMEOUT_S).topics.get(topic)
+        if meta is None or meta.error is not None:
+            return ""
+        best = ""
+        for partition in meta.partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=RECOVER_TIMEOUT_S)
+            if high <= low:
+                continue
+            consumer.assign([TopicPartition(topic, partition, high - 1)])
+            msg = consumer.poll(RECOVER_TIMEOUT_S)
+            value = msg.value() if msg is not None and msg.error() is None else None
+            if value:
+                version = json.loads(value).get("version", "")
+                if is_version(version) and version > best:
+                    best = version
+        return best
+    finally:
+        consumer.close()
+
+
+class KafkaOutputs:
+    """The ops topic (one record per released transaction) and the dead-letter topic."""
+
+    def __init__(self, bootstrap: str, ops_topic: str, dlq_topic: str) -> None:
+        self._producer = Producer({
+            "bootstrap.servers": bootstrap,
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 1,
+            "socket.nagle.disable": True,
+            "log_level": 3,
+        })
+        self._ops_topic = ops_topic
+        self._dlq_topic = dlq_topic
+        self.ops_version = last_ops_version(bootstrap, ops_topic)
+        self._produced = self.ops_version  # produced, maybe not yet acknowledged
+        self._failures: list[str] = []
+
+    def _on_ops(self, err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            self._failures.append(str(err))
+            self._produced = self.ops_version  # produce again from the last acknowledged one
+            return
+        version = (msg.key() or b"").decode()
+        if version > self.ops_version:
+            self.ops_version = version
+
+    def _on_dlq(self, err: KafkaError | None, _msg: Message) -> None:
+        if err is not None:
+            self._failures.append(str(err))
+
+    def append_ops(self, batches: Sequence[Batch]) -> None:
+        for b in batches:
+            if b.empty or b.version <= self._produced:
+                continue
+            self._produced = b.version
+            self._producer.produce(self._ops_topic, key=b.version.encode(), value=ops_record(b),
+                                   on_delivery=self._on_ops)
+
+    def dead_letter(self, msg: Message, error: DecodeError) -> None:
+        headers: list[tuple[str, Any]] = [
+            ("freshwire.error.code", error.code.encode()),
+            ("freshwire.error.message", error.message[:1000].encode()),
+            ("freshwire.source.topic", str(msg.topic()).encode()),
+            ("freshwire.source.partition", str(msg.partition()).encode()),
+            ("freshwire.source.offset", str(msg.offset()).encode()),
+        ]
+        self._producer.produce(self._dlq_topic, key=msg.key(), value=msg.value(), headers=headers,
+                               on_delivery=self._on_dlq)
+
+    def flush(self, timeout_s: float = 10.0) -> None:
+        """Wait until everything produced is acknowledged; raises EffectError otherwise."""
+        try:
+            remaining = self._producer.flush(timeout_s)
+        except KafkaException as exc:
+            raise EffectError(f"kafka: {exc}") from exc
+        failures, self._failures = self._failures, []
+        if remaining or failures:
+            raise EffectError(f"kafka: {remaining} undelivered, failures: {failures[:3]}")
+
+    def close(self) -> None:
+        self._producer.flush(10)

@@ -1,0 +1,62 @@
+"""The consumer's Prometheus metrics and its tiny HTTP endpoint (/metrics, /healthz, /readyz)."""
+
+from __future__ import annotations
+
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+LAG_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.records_in = Counter("freshwire_cdc_records_total", "Kafka records consumed", registry=r)
+        self.batches_out = Counter("freshwire_cdc_batches_total", "transaction batches released", registry=r)
+        self.keys_out = Counter("freshwire_cdc_keys_total", "key invalidations released", registry=r)
+        self.replays = Counter("freshwire_cdc_replayed_batches_total", "batches skipped as already released",
+                               registry=r)
+        self.dlq = Counter("freshwire_cdc_dlq_total", "records sent to the dead-letter topic", ["code"], registry=r)
+        self.retries = Counter("freshwire_cdc_effect_retries_total", "retried Redis or Kafka effects", ["effect"],
+                               registry=r)
+        self.commit_to_publish = Histogram(
+            "freshwire_cdc_commit_to_publish_seconds", "database commit to Redis publish", buckets=LAG_BUCKETS,
+            registry=r)
+        self.consumer_lag = Gauge("freshwire_cdc_consumer_lag_records", "records behind the input topic's end",
+                                  registry=r)
+        self.last_version = Gauge("freshwire_cdc_last_version_lsn", "LSN of the last released version", registry=r)
+        self.ready = Gauge("freshwire_cdc_ready", "1 when assigned and effects are succeeding", registry=r)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    metrics: Metrics
+
+    def do_GET(self) -> None:
+        if self.path == "/metrics":
+            body, status, ctype = generate_latest(self.metrics.registry), 200, CONTENT_TYPE_LATEST
+        elif self.path == "/healthz":
+            body, status, ctype = b"ok\n", 200, "text/plain"
+        elif self.path == "/readyz":
+            ok = self.metrics.ready._value.get() == 1
+            body, status, ctype = (b"ready\n", 200, "text/plain") if ok else (b"not ready\n", 503, "text/plain")
+        else:
+            body, status, ctype = b"not found\n", 404, "text/plain"
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        return
+
+
+def serve(metrics: Metrics, host: str, port: int) -> ThreadingHTTPServer:
+    handler = type("Handler", (_Handler,), {"metrics": metrics})
+    server = ThreadingHTTPServer((host, port), handler)
+    threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
+    return server

@@ -1,0 +1,68 @@
+"""What flows through the consumer: decoded Debezium records in, invalidation batches out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Op = Literal["c", "u", "d", "r", "t", "m"]
+Row = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    ts_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class TxBegin:
+    tx_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class TxEnd:
+    tx_id: str
+    end_lsn: int
+    ts_ms: int
+    event_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class RowChange:
+    schema: str
+    table: str
+    op: Op
+    before: Row | None
+    after: Row | None
+    key: Row | None
+    tx_id: str | None
+    lsn: int
+    ts_ms: int
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.table}"
+
+
+@dataclass(frozen=True, slots=True)
+class Tombstone:
+    """Debezium's delete marker for log compaction: it carries no change of its own."""
+
+
+Record = Heartbeat | TxBegin | TxEnd | RowChange | Tombstone
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """The invalidations of one committed transaction, released together at one version."""
+
+    version: str
+    tx_id: str
+    commit_ts_ms: int
+    keys: tuple[str, ...]
+    prefixes: tuple[str, ...] = ()
+    ops: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    @property
+    def empty(self) -> bool:
+        return not self.keys and not self.prefixes

@@ -1,0 +1,98 @@
+"""The Redis layout shared by the cdc publisher and the gateways.
+
+All keys share the hash tag {fw} so the script's keys live in one slot (Redis Cluster safe).
+
+- HASH  {fw}:versions   cache key -> version of the last transaction that invalidated it
+- HASH  {fw}:prefixes   key prefix -> version of the last truncate that invalidated every key under it
+- STR   {fw}:watermark  highest version V such that every transaction up to V has been released
+- PUBSUB fw:inv         one message per released batch that advanced anything (see encode/decode)
+
+A key's effective version is the greatest of its own version and the versions of the prefixes it
+starts with. Versions are fixed-width hex, so Lua's string comparison orders them correctly.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+VERSIONS = "{fw}:versions"
+PREFIXES = "{fw}:prefixes"
+WATERMARK = "{fw}:watermark"
+CHANNEL = "fw:inv"
+
+# KEYS: versions, prefixes, watermark. ARGV: version, channel, commit_ts_ms, n_keys, keys..., prefixes...
+# Advances each key (and prefix) only if the new version is greater, moves the watermark, and
+# publishes what advanced. Atomic: a reader sees either none or all of one batch.
+RELEASE_LUA = """
+local v = ARGV[1]
+local nkeys = tonumber(ARGV[4])
+local keys, prefixes = {}, {}
+for i = 5, 4 + nkeys do
+  local cur = redis.call('HGET', KEYS[1], ARGV[i])
+  if (not cur) or cur < v then
+    redis.call('HSET', KEYS[1], ARGV[i], v)
+    keys[#keys + 1] = ARGV[i]
+  end
+end
+for i = 5 + nkeys, #ARGV do
+  local cur = redis.call('HGET', KEYS[2], ARGV[i])
+  if (not cur) or cur < v then
+    redis.call('HSET', KEYS[2], ARGV[i], v)
+    prefixes[#prefixes + 1] = ARGV[i]
+  end
+end
+local wm = redis.call('GET', KEYS[3])
+local moved = (not wm) or wm < v
+if moved then
+  redis.call('SET', KEYS[3], v)
+  wm = v
+end
+if #keys > 0 or #prefixes > 0 or moved then
+  redis.call('PUBLISH', ARGV[2], cjson.encode({v = v, k = keys, p = prefixes, ts = tonumber(ARGV[3]), wm = wm}))
+end
+return #keys
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """One released batch as the gateways see it: only what advanced."""
+
+    version: str
+    keys: tuple[str, ...]
+    prefixes: tuple[str, ...]
+    commit_ts_ms: int
+    watermark: str
+
+
+def _strings(value: Any) -> tuple[str, ...]:
+    # cjson encodes an empty Lua table as {} rather than [].
+    if isinstance(value, list):
+        return tuple(str(v) for v in value)
+    return ()
+
+
+def decode_published(raw: bytes | str) -> Published:
+    body = json.loads(raw)
+    return Published(
+        version=str(body["v"]),
+        keys=_strings(body.get("k")),
+        prefixes=_strings(body.get("p")),
+        commit_ts_ms=int(body.get("ts") or 0),
+        watermark=str(body.get("wm") or body["v"]),
+    )
+
+
+def release_args(version: str, commit_ts_ms: int, keys: tuple[str, ...], prefixes: tuple[str, ...]) -> list[str]:
+    return [version, CHANNEL, str(commit_ts_ms), str(len(keys)), *keys, *prefixes]
+
+
+def effective_version(own: str | None, key: str, prefix_versions: dict[str, str]) -> str | None:
+    """A key's version, counting truncates of any prefix it starts with."""
+    best = own
+    for prefix, version in prefix_versions.items():
+        if key.startswith(prefix) and (best is None or version > best):
+            best = version
+    return best

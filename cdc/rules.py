@@ -1,0 +1,218 @@
+"""Invalidation rules: which cache keys a row change invalidates.
+
+Declared in a TOML file (see docs/cdc.md), validated once at start. Pure: a RowChange in, the keys
+and key prefixes it invalidates out.
+
+Guarantee: a change never leaves a subscriber believing stale data is fresh. When a template cannot
+be rendered from a row image that exists (the column is missing, e.g. a delete's before image without
+REPLICA IDENTITY FULL), the template's literal prefix is invalidated instead; a truncate invalidates
+the prefixes of all of its table's templates.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+import tomllib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cdc.errors import RulesError
+from cdc.model import Row, RowChange
+
+IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+OUTBOX_KEYS, OUTBOX_TYPE, OUTBOX_ID = "keys", "aggregatetype", "aggregateid"
+TABLE_KEYS = frozenset({"keys", "columns", "outbox"})
+
+
+@dataclass(frozen=True, slots=True)
+class Template:
+    text: str
+    fields: tuple[str, ...]
+
+    @property
+    def prefix(self) -> str:
+        """The literal text before the first placeholder: every key this template renders starts with it."""
+        return self.text.split("{", 1)[0]
+
+    def render(self, row: Row) -> str | None:
+        """The key for `row`; None when a field is null (the row has no such parent).
+
+        Raises KeyError when a field is absent from the image.
+        """
+        values = {}
+        for name in self.fields:
+            value = row[name]
+            if value is None:
+                return None
+            values[name] = value
+        return self.text.format_map(values)
+
+
+@dataclass(frozen=True, slots=True)
+class TableRule:
+    templates: tuple[Template, ...]
+    columns: frozenset[str] | None = None
+    outbox: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Invalidation:
+    keys: tuple[str, ...]
+    prefixes: tuple[str, ...]
+
+
+NOTHING = Invalidation((), ())
+
+
+def parse_template(table: str, text: Any) -> Template:
+    if not isinstance(text, str) or not text:
+        raise RulesError(f"table {table}: template {text!r} must be a non-empty string")
+    try:
+        parsed = list(string.Formatter().parse(text))
+    except ValueError as exc:
+        raise RulesError(f"table {table}: template {text!r}: {exc}") from None
+    fields = []
+    for _literal, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        if not IDENT.match(name) or spec or conversion:
+            raise RulesError(f"table {table}: template {text!r}: placeholder {{{name}}} must be a plain column name")
+        fields.append(name)
+    if any(c.isspace() for c in text):
+        raise RulesError(f"table {table}: template {text!r} must not contain white space")
+    return Template(text, tuple(fields))
+
+
+def _table_rule(table: str, spec: Any) -> TableRule:
+    if not isinstance(spec, dict):
+        raise RulesError(f"table {table}: expected a table of settings")
+    unknown = set(spec) - TABLE_KEYS
+    if unknown:
+        raise RulesError(f"table {table}: unknown setting(s) {sorted(unknown)}; known: {sorted(TABLE_KEYS)}")
+    keys = spec.get("keys", [])
+    if not isinstance(keys, list):
+        raise RulesError(f"table {table}: keys must be a list of templates")
+    columns = spec.get("columns")
+    if columns is not None and (not isinstance(columns, list) or not all(isinstance(c, str) for c in columns)):
+        raise RulesError(f"table {table}: columns must be a list of column names")
+    outbox = spec.get("outbox", False)
+    if not isinstance(outbox, bool):
+        raise RulesError(f"table {table}: outbox must be true or false")
+    return TableRule(
+        templates=tuple(parse_template(table, t) for t in keys),
+        columns=None if columns is None else frozenset(columns),
+        outbox=outbox,
+    )
+
+
+@dataclass(frozen=True)
+class Rules:
+    tables: dict[str, TableRule]
+
+    def for_change(self, change: RowChange) -> Invalidation:
+        rule = self.tables.get(change.qualified) or default_rule(change)
+        if rule.outbox:
+            return _outbox_keys(change)
+        if change.op == "t":
+            return _truncate(rule)
+        if change.op == "u" and not _relevant_update(rule, change):
+            return NOTHING
+        keys: dict[str, None] = {}
+        prefixes: dict[str, None] = {}
+        for image in (change.before, change.after):
+            if image is None:
+                continue
+            for template in rule.templates:
+                try:
+                    key = template.render(image)
+                except KeyError:
+                    prefixes[template.prefix] = None
+                    continue
+                if key is not None:
+                    keys[key] = None
+        return Invalidation(tuple(keys), tuple(prefixes))
+
+
+def default_name(change: RowChange) -> str:
+    return change.table if change.schema == "public" else change.qualified
+
+
+def default_rule(change: RowChange) -> TableRule:
+    """Tables without rules: a row key `<table>:<pk>` (pk columns joined by ':') and a table key `<table>`."""
+    name = default_name(change)
+    pk_fields = list(change.key) if change.key else []
+    row_template = f"{name}:" + ":".join(f"{{{f}}}" for f in pk_fields) if pk_fields else None
+    templates = [Template(name, ())]
+    if row_template is not None:
+        templates.insert(0, Template(row_template, tuple(pk_fields)))
+    else:
+        templates.insert(0, Template(f"{name}:{{__pk}}", ("__pk",)))
+    return TableRule(templates=tuple(templates))
+
+
+def _truncate(rule: TableRule) -> Invalidation:
+    keys = tuple(dict.fromkeys(t.text for t in rule.templates if not t.fields))
+    prefixes = tuple(dict.fromkeys(t.prefix for t in rule.templates if t.fields))
+    return Invalidation(keys, prefixes)
+
+
+def _relevant_update(rule: TableRule, change: RowChange) -> bool:
+    if rule.columns is None or change.before is None or change.after is None:
+        return True
+    for column in rule.columns:
+        if column not in change.before or change.before.get(column) != change.after.get(column):
+            return True
+    return False
+
+
+def _outbox_keys(change: RowChange) -> Invalidation:
+    """An outbox row invalidates its `keys` column, or `<aggregatetype>:<aggregateid>`; only on insert."""
+    row = change.after
+    if change.op not in ("c", "r") or row is None:
+        return NOTHING
+    explicit = row.get(OUTBOX_KEYS)
+    if isinstance(explicit, list) and explicit and all(isinstance(k, str) and k for k in explicit):
+        return Invalidation(tuple(dict.fromkeys(explicit)), ())
+    kind, ident = row.get(OUTBOX_TYPE), row.get(OUTBOX_ID)
+    if kind is None or ident is None:
+        return NOTHING
+    return Invalidation((f"{kind}:{ident}",), ())
+
+
+def parse_rules(doc: dict[str, Any]) -> Rules:
+    unknown = set(doc) - {"tables"}
+    if unknown:
+        raise RulesError(f"unknown top-level setting(s) {sorted(unknown)}; expected [tables.\"schema.table\"]")
+    tables = doc.get("tables", {})
+    if not isinstance(tables, dict):
+        raise RulesError("tables must be a table of \"schema.table\" entries")
+    parsed = {}
+    for name, spec in tables.items():
+        if name.count(".") != 1:
+            raise RulesError(f"table {name}: name must be schema-qualified, like \"public.{name}\"")
+        parsed[name] = _table_rule(name, spec)
+    return Rules(parsed)
+
+
+def load_rules(path: Path | None) -> Rules:
+    if path is None:
+        return Rules({})
+    try:
+        doc = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise RulesError(f"cannot read rules file {path}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise RulesError(f"rules file {path} is not valid TOML: {exc}") from None
+    return parse_rules(doc)
+
+
+def union(parts: Iterable[Invalidation]) -> Invalidation:
+    keys: dict[str, None] = {}
+    prefixes: dict[str, None] = {}
+    for part in parts:
+        keys.update(dict.fromkeys(part.keys))
+        prefixes.update(dict.fromkeys(part.prefixes))
+    return Invalidation(tuple(keys), tuple(prefixes))

@@ -1,0 +1,76 @@
+"""The consumer's settings: FRESHWIRE_* environment variables, mirrored by command-line flags,
+loaded once into a frozen object. A malformed value fails at start with its name."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from cdc.errors import SettingsError
+
+
+@dataclass(frozen=True)
+class Settings:
+    kafka_bootstrap: str = "127.0.0.1:59092"
+    cdc_topic: str = "freshwire.cdc"
+    cdc_group: str = "freshwire-cdc"
+    ops_topic: str = "freshwire.invalidations"
+    dlq_topic: str = "freshwire.dlq"
+    redis_url: str = "redis://127.0.0.1:56379/0"
+    rules: str = ""
+    cdc_metrics_host: str = "127.0.0.1"
+    cdc_metrics_port: int = 59108
+    cdc_max_records: int = 2000
+    cdc_poll_timeout_ms: int = 20
+    cdc_retry_max_s: float = 5.0
+
+    @property
+    def rules_path(self) -> Path | None:
+        return Path(self.rules) if self.rules else None
+
+
+HELP = {
+    "kafka_bootstrap": "Kafka bootstrap servers",
+    "cdc_topic": "input topic: every captured table and the transaction markers, one partition",
+    "cdc_group": "consumer group (a second instance in the same group is a hot spare)",
+    "ops_topic": "ops topic: one JSON record per released transaction",
+    "dlq_topic": "dead-letter topic for records that cannot be decoded",
+    "redis_url": "Redis holding versions and fanning out to the gateways",
+    "rules": "path of the invalidation rules TOML file (empty: default rules for every table)",
+    "cdc_metrics_host": "address of the /metrics, /healthz and /readyz endpoint",
+    "cdc_metrics_port": "port of the /metrics, /healthz and /readyz endpoint",
+    "cdc_max_records": "records taken from Kafka per consume call",
+    "cdc_poll_timeout_ms": "how long one consume call waits for records",
+    "cdc_retry_max_s": "longest back-off between retries of Redis or Kafka effects",
+}
+
+
+def env_name(field_name: str) -> str:
+    return "FRESHWIRE_" + field_name.upper()
+
+
+def _coerce(name: str, kind: type, raw: str) -> object:
+    try:
+        return kind(raw)
+    except ValueError:
+        raise SettingsError(f"{env_name(name)} must be {kind.__name__}, got {raw!r}") from None
+
+
+def load_settings(argv: list[str] | None = None) -> Settings:
+    parser = argparse.ArgumentParser(
+        prog="python -m cdc",
+        description="Freshwire's consumer: Debezium change events in, exact invalidations out.",
+    )
+    for f in fields(Settings):
+        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None,
+                            help=f"{HELP[f.name]} (env {env_name(f.name)}, default {f.default!r})")
+    args = vars(parser.parse_args(argv))
+    values: dict[str, object] = {}
+    for f in fields(Settings):
+        kind = type(f.default)
+        raw = args[f.name] if args[f.name] is not None else os.environ.get(env_name(f.name))
+        if raw is not None:
+            values[f.name] = _coerce(f.name, kind, raw)
+    return Settings(**values)  # type: ignore[arg-type]

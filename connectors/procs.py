@@ -1,0 +1,164 @@
+"""Start, watch and stop the stack's native processes, each with a pid file and a log file.
+
+A process is started in a session of its own, so a Ctrl-C at the terminal reaches only the
+orchestrator, which then stops the parts in order. Pid files record the command line's first
+words too, so `down` never signals a pid that the kernel has since given to another program.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+READY_POLL_S = 0.2
+LOG_TAIL_LINES = 40
+
+
+class StartError(RuntimeError):
+    """A part did not become ready; carries the tail of its log."""
+
+    def __init__(self, name: str, reason: str, log_tail: str) -> None:
+        super().__init__(f"{name}: {reason}")
+        self.name = name
+        self.reason = reason
+        self.log_tail = log_tail
+
+
+@dataclass
+class Proc:
+    name: str
+    argv: Sequence[str]
+    log: Path
+    ready: Callable[[], bool]
+    ready_timeout_s: float = 120.0
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: Path | None = None
+    user: str | None = None
+    stop_timeout_s: float = 30.0
+    pid: int | None = None
+
+
+def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _demote(user: str) -> Callable[[], None]:
+    entry = pwd.getpwnam(user)
+
+    def switch() -> None:
+        os.setgid(entry.pw_gid)
+        os.initgroups(user, entry.pw_gid)
+        os.setuid(entry.pw_uid)
+
+    return switch
+
+
+def run_as(user: str | None) -> Callable[[], None] | None:
+    """A preexec hook that drops root to `user` (PostgreSQL refuses to run as root)."""
+    if user is None or os.geteuid() != 0:
+        return None
+    return _demote(user)
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    stat = Path(f"/proc/{pid}/stat")
+    try:
+        return stat.read_text().split(") ", 1)[1][0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def start(proc: Proc, pids_dir: Path) -> int:
+    proc.log.parent.mkdir(parents=True, exist_ok=True)
+    pids_dir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, **proc.env}
+    with open(proc.log, "ab") as log:
+        child = subprocess.Popen(
+            list(proc.argv),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=proc.cwd,
+            env=env,
+            start_new_session=True,
+            preexec_fn=run_as(proc.user),
+        )
+    proc.pid = child.pid
+    (pids_dir / f"{proc.name}.pid").write_text(f"{child.pid}\n{Path(proc.argv[0]).name}\n")
+    return child.pid
+
+
+def wait_ready(proc: Proc) -> None:
+    deadline = time.monotonic() + proc.ready_timeout_s
+    while time.monotonic() < deadline:
+        if proc.pid is not None and not alive(proc.pid):
+            raise StartError(proc.name, "exited during start", tail(proc.log))
+        try:
+            if proc.ready():
+                return
+        except Exception:
+            pass
+        time.sleep(READY_POLL_S)
+    raise StartError(proc.name, f"not ready after {proc.ready_timeout_s:.0f}s", tail(proc.log))
+
+
+def recorded_pid(pids_dir: Path, name: str) -> int | None:
+    """The pid in `name`'s pid file if that process still runs the recorded program."""
+    try:
+        pid_line, program, *_ = (pids_dir / f"{name}.pid").read_text().splitlines()
+        pid = int(pid_line)
+    except (OSError, ValueError):
+        return None
+    if alive(pid) and program in _cmdline(pid):
+        return pid
+    return None
+
+
+def stop(name: str, pids_dir: Path, timeout_s: float = 30.0) -> bool:
+    """SIGTERM, wait up to `timeout_s`, then SIGKILL. True if a process was stopped."""
+    pid = recorded_pid(pids_dir, name)
+    (pids_dir / f"{name}.pid").unlink(missing_ok=True)
+    if pid is None:
+        return False
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not alive(pid):
+            _reap(pid)
+            return True
+        _reap(pid)
+        time.sleep(0.1)
+    os.kill(pid, signal.SIGKILL)
+    while alive(pid):
+        _reap(pid)
+        time.sleep(0.05)
+    _reap(pid)
+    return True
+
+
+def _reap(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)

@@ -1,0 +1,331 @@
+"""The stack's parts as processes: how each is prepared once, started, and known to be ready."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+from connectors.procs import Proc, run_as
+from connectors.stack_settings import REPO, StackSettings
+
+PG_USER = "postgres"
+JVM_BROKER_HEAP = ["-Xms256m", "-Xmx512m"]
+JVM_CONNECT_HEAP = ["-Xms256m", "-Xmx640m"]
+TOPIC_CHANGES = "freshwire.cdc"
+TOPIC_OPS = "freshwire.invalidations"
+TOPIC_DLQ = "freshwire.dlq"
+
+
+def port_open(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+def http_ok(url: str, timeout: float = 2.0) -> bool:
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return 200 <= int(response.status) < 300
+
+
+# ---------------------------------------------------------------- PostgreSQL
+
+def _traversable_by_everyone(path: Path) -> bool:
+    return all(os.stat(p).st_mode & 0o001 for p in [path, *path.parents] if p.exists())
+
+
+def pg_root(s: StackSettings) -> Path:
+    """PostgreSQL's files; outside the state dir when the postgres user cannot reach it."""
+    link = s.state_dir / "pg"
+    if link.is_symlink():
+        return link.resolve()
+    if os.geteuid() != 0 or _traversable_by_everyone(s.state_dir):
+        return link
+    digest = hashlib.sha256(str(s.state_dir).encode()).hexdigest()[:10]
+    target = Path("/var/tmp") / f"freshwire-pg-{digest}"
+    target.mkdir(parents=True, exist_ok=True)
+    s.state_dir.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(target)
+    return target
+
+
+def _chown_pg(path: Path) -> None:
+    if os.geteuid() == 0:
+        entry = pwd.getpwnam(PG_USER)
+        os.chown(path, entry.pw_uid, entry.pw_gid)
+
+
+def pg_conf_lines(s: StackSettings, socket_dir: Path) -> list[str]:
+    return [
+        "listen_addresses = '127.0.0.1'",
+        f"port = {s.pg_port}",
+        f"unix_socket_directories = '{socket_dir}'",
+        "wal_level = logical",
+        "max_wal_senders = 10",
+        "max_replication_slots = 10",
+        "max_slot_wal_keep_size = '2GB'",
+        "hot_standby = on",
+        "shared_preload_libraries = 'pg_stat_statements'",
+        "synchronous_commit = on",
+        "log_min_messages = warning",
+    ]
+
+
+def init_postgres(s: StackSettings) -> Path:
+    """initdb once (as the postgres user, with a password for TCP logins); returns the data dir."""
+    root = pg_root(s)
+    data, run = root / "data", root / "run"
+    for d in (root, run):
+        d.mkdir(parents=True, exist_ok=True)
+        _chown_pg(d)
+    if (data / "PG_VERSION").exists():
+        return data
+    pwfile = root / "pwfile"
+    pwfile.write_text("postgres\n")
+    _chown_pg(pwfile)
+    subprocess.run(
+        [str(s.pg_bin / "initdb"), "-D", str(data), "-U", "postgres", "-E", "UTF8",
+         "--auth-local=trust", "--auth-host=scram-sha-256", f"--pwfile={pwfile}"],
+        check=True, capture_output=True, preexec_fn=run_as(PG_USER),
+    )
+    pwfile.unlink()
+    with open(data / "postgresql.conf", "a") as conf:
+        conf.write("\n# freshwire\n" + "\n".join(pg_conf_lines(s, run)) + "\n")
+    with open(data / "pg_hba.conf", "a") as hba:
+        hba.write("host replication all 127.0.0.1/32 scram-sha-256\n")
+    return data
+
+
+def postgres_proc(s: StackSettings) -> Proc:
+    data = init_postgres(s)
+    return Proc(
+        name="postgres",
+        argv=[str(s.pg_bin / "postgres"), "-D", str(data), "-p", str(s.pg_port)],
+        log=s.logs_dir / "postgres.log",
+        ready=lambda: _pg_ready(s, s.pg_port),
+        user=PG_USER,
+        ready_timeout_s=60,
+    )
+
+
+def _pg_ready(s: StackSettings, port: int) -> bool:
+    result = subprocess.run(
+        [str(s.pg_bin / "pg_isready"), "-h", s.host, "-p", str(port), "-t", "1"],
+        capture_output=True,
+    )
+    return result.returncode == 0
+
+
+def apply_schema(s: StackSettings) -> None:
+    """Roles, the demo database and schema, and the publication; safe to run on every start."""
+    import psycopg
+
+    admin = f"postgresql://postgres:postgres@{s.host}:{s.pg_port}/postgres"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = 'app'").fetchone() is None:
+            conn.execute("CREATE DATABASE app")
+    with psycopg.connect(s.pg_dsn, autocommit=True) as conn:
+        conn.execute((REPO / "demo" / "schema.sql").read_text().encode())
+
+
+# ---------------------------------------------------------------- Redis
+
+def redis_proc(s: StackSettings) -> Proc:
+    data = s.state_dir / "redis"
+    data.mkdir(parents=True, exist_ok=True)
+    redis_server = shutil.which("redis-server") or "/usr/bin/redis-server"
+    return Proc(
+        name="redis",
+        # appendfsync always: a version acknowledged to the consumer survives a Redis crash, so a
+        # client resuming later is never told an older version than one already announced.
+        argv=[redis_server, "--port", str(s.redis_port), "--bind", s.host, "--dir", str(data),
+              "--save", "", "--appendonly", "yes", "--appendfsync", "always", "--protected-mode", "yes"],
+        log=s.logs_dir / "redis.log",
+        ready=lambda: _redis_ping(s),
+        ready_timeout_s=30,
+    )
+
+
+def _redis_ping(s: StackSettings) -> bool:
+    with socket.create_connection((s.host, s.redis_port), timeout=1) as conn:
+        conn.sendall(b"PING\r\n")
+        return conn.recv(16).startswith(b"+PONG")
+
+
+# ---------------------------------------------------------------- Kafka (KRaft) and Connect
+
+LOG4J2 = """status = warn
+appender.out.type = Console
+appender.out.name = OUT
+appender.out.layout.type = PatternLayout
+appender.out.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = INFO
+rootLogger.appenderRef.out.ref = OUT
+logger.kafka.name = kafka
+logger.kafka.level = INFO
+logger.reflections.name = org.reflections
+logger.reflections.level = ERROR
+"""
+
+
+def _java() -> str:
+    home = os.environ.get("JAVA_HOME")
+    return str(Path(home) / "bin" / "java") if home else (shutil.which("java") or "java")
+
+
+def _write_props(path: Path, props: dict[str, str | int]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+
+
+def kafka_proc(s: StackSettings) -> Proc:
+    root = s.state_dir / "kafka"
+    props = root / "server.properties"
+    _write_props(props, {
+        "process.roles": "broker,controller",
+        "node.id": 1,
+        "controller.quorum.bootstrap.servers": f"{s.host}:{s.kafka_controller_port}",
+        "listeners": f"PLAINTEXT://{s.host}:{s.kafka_port},CONTROLLER://{s.host}:{s.kafka_controller_port}",
+        "advertised.listeners": f"PLAINTEXT://{s.host}:{s.kafka_port}",
+        "controller.listener.names": "CONTROLLER",
+        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "inter.broker.listener.name": "PLAINTEXT",
+        "log.dirs": str(root / "data"),
+        "num.partitions": 1,
+        "offsets.topic.replication.factor": 1,
+        "offsets.topic.num.partitions": 5,
+        "transaction.state.log.replication.factor": 1,
+        "transaction.state.log.min.isr": 1,
+        "share.coordinator.state.topic.replication.factor": 1,
+        "share.coordinator.state.topic.min.isr": 1,
+        "group.initial.rebalance.delay.ms": 0,
+        "auto.create.topics.enable": "true",
+    })
+    (root / "log4j2.properties").write_text(LOG4J2)
+    classpath = f"{s.jars_dir}/*"
+    if not (root / "data" / "meta.properties").exists():
+        cluster_id = subprocess.run(
+            [_java(), "-cp", classpath, "kafka.tools.StorageTool", "random-uuid"],
+            check=True, capture_output=True, text=True,
+        ).stdout.strip()
+        subprocess.run(
+            [_java(), "-cp", classpath, "kafka.tools.StorageTool", "format", "--standalone",
+             "-t", cluster_id, "-c", str(props)],
+            check=True, capture_output=True,
+        )
+    return Proc(
+        name="kafka",
+        argv=[_java(), *JVM_BROKER_HEAP, f"-Dlog4j2.configurationFile={root / 'log4j2.properties'}",
+              "-cp", classpath, "kafka.Kafka", str(props)],
+        log=s.logs_dir / "kafka.log",
+        ready=lambda: _kafka_ready(s),
+        ready_timeout_s=90,
+    )
+
+
+def _kafka_ready(s: StackSettings) -> bool:
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": s.kafka_bootstrap, "socket.timeout.ms": 1000, "log_level": 0})
+    return len(admin.list_topics(timeout=1).brokers) > 0
+
+
+def create_topics(s: StackSettings) -> None:
+    """One partition each: one total commit order in, one ordered log of batches out."""
+    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+    admin = AdminClient({"bootstrap.servers": s.kafka_bootstrap})
+    existing = set(admin.list_topics(timeout=10).topics)
+    wanted = [NewTopic(t, num_partitions=1, replication_factor=1)
+              for t in (TOPIC_CHANGES, TOPIC_OPS, TOPIC_DLQ) if t not in existing]
+    for future in admin.create_topics(wanted).values() if wanted else []:
+        future.result(timeout=30)
+
+
+def connect_proc(s: StackSettings) -> Proc:
+    root = s.state_dir / "connect"
+    props = root / "connect.properties"
+    _write_props(props, {
+        "bootstrap.servers": s.kafka_bootstrap,
+        "group.id": "freshwire-connect",
+        "key.converter": "org.apache.kafka.connect.json.JsonConverter",
+        "value.converter": "org.apache.kafka.connect.json.JsonConverter",
+        "key.converter.schemas.enable": "false",
+        "value.converter.schemas.enable": "false",
+        "config.storage.topic": "freshwire-connect-configs",
+        "offset.storage.topic": "freshwire-connect-offsets",
+        "status.storage.topic": "freshwire-connect-status",
+        "config.storage.replication.factor": 1,
+        "offset.storage.replication.factor": 1,
+        "offset.storage.partitions": 1,
+        "status.storage.replication.factor": 1,
+        "status.storage.partitions": 1,
+        "offset.flush.interval.ms": 1000,
+        "listeners": f"http://{s.host}:{s.connect_port}",
+        "rest.advertised.host.name": s.host,
+        "rest.advertised.port": s.connect_port,
+        "plugin.path": str(s.plugins_dir),
+        "plugin.discovery": "only_scan",
+        "scheduled.rebalance.max.delay.ms": 0,
+        "connector.client.config.override.policy": "All",
+    })
+    (root / "log4j2.properties").write_text(LOG4J2)
+    return Proc(
+        name="connect",
+        argv=[_java(), *JVM_CONNECT_HEAP, f"-Dlog4j2.configurationFile={root / 'log4j2.properties'}",
+              "-cp", f"{s.jars_dir}/*", "org.apache.kafka.connect.cli.ConnectDistributed", str(props)],
+        log=s.logs_dir / "connect.log",
+        ready=lambda: _connect_ready(s),
+        ready_timeout_s=180,
+    )
+
+
+def _connect_ready(s: StackSettings) -> bool:
+    with urllib.request.urlopen(f"{s.connect_url}/connector-plugins", timeout=2) as r:
+        plugins = json.load(r)
+    return any(p.get("class") == "io.debezium.connector.postgresql.PostgresConnector" for p in plugins)
+
+
+# ---------------------------------------------------------------- Freshwire's own processes
+
+def app_env(s: StackSettings) -> dict[str, str]:
+    return {
+        "FRESHWIRE_KAFKA_BOOTSTRAP": s.kafka_bootstrap,
+        "FRESHWIRE_REDIS_URL": s.redis_url,
+        "FRESHWIRE_RULES": str(REPO / "demo" / "rules.toml"),
+        "FRESHWIRE_CDC_METRICS_PORT": str(s.cdc_metrics_port),
+        "FRESHWIRE_JWT_SECRET": os.environ.get("FRESHWIRE_JWT_SECRET", "freshwire-dev-secret-change-me-in-production"),
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def cdc_proc(s: StackSettings) -> Proc:
+    return Proc(
+        name="cdc",
+        argv=[sys.executable, "-m", "cdc"],
+        env=app_env(s),
+        cwd=REPO,
+        log=s.logs_dir / "cdc.log",
+        ready=lambda: http_ok(f"http://{s.host}:{s.cdc_metrics_port}/readyz"),
+        ready_timeout_s=60,
+    )
+
+
+def gateway_proc(s: StackSettings, name: str = "gateway", port: int | None = None) -> Proc:
+    port = port or s.gateway_port
+    return Proc(
+        name=name,
+        argv=[sys.executable, "-m", "gateway", "--host", s.host, "--port", str(port)],
+        env=app_env(s),
+        cwd=REPO,
+        log=s.logs_dir / f"{name}.log",
+        ready=lambda: http_ok(f"http://{s.host}:{port}/readyz"),
+        ready_timeout_s=60,
+    )

@@ -1,0 +1,1 @@
+"""gateway: the WebSocket fan-out of Freshwire's invalidations (protocol freshwire.v1)."""

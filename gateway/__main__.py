@@ -1,0 +1,50 @@
+"""`python -m gateway` / `freshwire-gateway`: serve the gateway with uvicorn, tuned for many sockets."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import fields
+
+import uvicorn
+
+from gateway.app import create_app
+from gateway.errors import SettingsError
+from gateway.settings import GatewaySettings, load_gateway_settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m gateway", description="Freshwire's WebSocket gateway.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=58080)
+    for f in fields(GatewaySettings):
+        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None,
+                            help=f"env FRESHWIRE_{f.name.upper()} (default {f.default!r})")
+    args = vars(parser.parse_args(argv))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    overrides = {f.name: args[f.name] for f in fields(GatewaySettings) if args[f.name] is not None}
+    try:
+        settings = load_gateway_settings(overrides)
+    except SettingsError as exc:
+        print(f"freshwire-gateway: {exc}", file=sys.stderr)
+        return 2
+    uvicorn.run(
+        create_app(settings),
+        host=args["host"],
+        port=args["port"],
+        ws="websockets",
+        ws_max_size=settings.max_frame_bytes,
+        ws_ping_interval=settings.ping_interval_s or None,
+        ws_ping_timeout=settings.ping_interval_s or None,
+        ws_per_message_deflate=settings.per_message_deflate,
+        backlog=4096,
+        timeout_graceful_shutdown=5,
+        access_log=False,
+        log_level="info",
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""The gateway's Starlette app: /ws, /v1/versions, /healthz, /readyz, /metrics, and the pump that
+moves released batches from the backend into the hub."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from prometheus_client import generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route, WebSocketRoute
+
+from cdc.redis_layout import Published
+from gateway import errors as E
+from gateway import protocol
+from gateway.auth import Verifier
+from gateway.backend import Backend, BackendUnavailable, backend_for
+from gateway.errors import AuthError
+from gateway.settings import GatewaySettings, load_gateway_settings
+from gateway.state import GatewayState
+from gateway.ws import endpoint
+
+log = logging.getLogger(__name__)
+PUMP_RESTART_S = 0.5
+
+
+async def resync(state: GatewayState) -> None:
+    """After a backend break: re-read every subscribed key and offer what clients missed."""
+    state.metrics.resyncs.inc()
+    keys = state.hub.keys()
+    chunk = state.settings.resync_chunk
+    for i in range(0, len(keys), chunk):
+        versions = await state.backend.read_versions(keys[i:i + chunk])
+        for key, version in versions.items():
+            if version is not None:
+                state.hub.offer(key, version, 0)
+    wm = await state.backend.watermark()
+    if wm is not None and (state.hub.watermark is None or wm > state.hub.watermark):
+        state.hub.watermark = wm
+
+
+async def pump(state: GatewayState) -> None:
+    """Supervised: a crash is logged, fails readiness, and the pump restarts."""
+    while True:
+        try:
+            state.pump_alive = True
+            async for event in state.backend.events():
+                if not isinstance(event, Published):
+                    await resync(state)
+                    continue
+                delivered = state.hub.deliver(event)
+                state.metrics.deliveries.inc(delivered)
+        except asyncio.CancelledError:
+            raise
+        except BackendUnavailable as exc:
+            log.warning("resync failed, retrying: %s", exc)
+        except Exception as exc:
+            state.pump_alive = False
+            state.pump_error = repr(exc)
+            log.exception("pump crashed; restarting")
+        await asyncio.sleep(PUMP_RESTART_S)
+
+
+def _token(request: Request) -> str | None:
+    token = request.query_params.get("token")
+    if token:
+        return token
+    header = request.headers.get("authorization", "")
+    return header[7:].strip() if header.lower().startswith("bearer ") else None
+
+
+def _err(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message, **extra}}, status_code=status)
+
+
+async def versions(request: Request) -> Response:
+    state: GatewayState = request.app.state.fw
+    try:
+        grant = state.verifier.verify(_token(request))
+    except AuthError as exc:
+        return _err(401, "auth_failed", exc.reason)
+    raw = request.query_params.get("keys", "")
+    keys = [k for k in raw.split(",") if k] if raw else []
+    if not keys:
+        return _err(400, E.BAD_REQUEST, "pass keys=a,b,…")
+    if len(keys) > state.settings.max_subscriptions:
+        return _err(400, E.TOO_MANY_KEYS, f"at most {state.settings.max_subscriptions} keys")
+    bad = [k for k in keys if not protocol.valid_key(k)]
+    if bad:
+        return _err(400, E.INVALID_KEY, "keys are 1-256 characters of A-Z a-z 0-9 _ . : @ / + = -",
+                    keys=[k[:256] for k in bad[:20]])
+    forbidden = [k for k in keys if not grant.allows(k)]
+    if forbidden:
+        return _err(403, E.FORBIDDEN, "the token does not cover these keys", keys=forbidden[:100])
+    try:
+        current = await state.backend.read_versions(list(dict.fromkeys(keys)))
+        watermark = await state.backend.watermark()
+    except BackendUnavailable:
+        return _err(503, E.UNAVAILABLE, "version store unavailable, retry")
+    return JSONResponse({"versions": current, "watermark": watermark})
+
+
+async def healthz(_request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    state: GatewayState = request.app.state.fw
+    ready = state.backend.healthy and state.pump_alive
+    body = {
+        "status": "ready" if ready else "not ready",
+        "backend": "ok" if state.backend.healthy else "unreachable",
+        "pump": "running" if state.pump_alive else f"crashed: {state.pump_error}",
+        "watermark": state.hub.watermark,
+        "connections": len(state.hub.sessions),
+    }
+    return JSONResponse(body, status_code=200 if ready else 503)
+
+
+async def metrics(request: Request) -> Response:
+    state: GatewayState = request.app.state.fw
+    state.metrics.subscriptions.set(state.hub.subscriptions)
+    state.metrics.queue_depth.set(sum(s.depth for s in state.hub.sessions))
+    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def create_app(settings: GatewaySettings | None = None, backend: Backend | None = None) -> Starlette:
+    settings = settings or load_gateway_settings()
+    state = GatewayState(settings=settings, verifier=Verifier(settings),
+                         backend=backend or backend_for(settings.redis_url))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        app.state.fw = state
+        await state.backend.start()
+        task = asyncio.create_task(pump(state), name="pump")
+        log.info("gateway up, backend %s", type(state.backend).__name__)
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await state.backend.stop()
+
+    app = Starlette(
+        routes=[
+            WebSocketRoute("/ws", endpoint),
+            Route("/v1/versions", versions),
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+            Route("/metrics", metrics),
+        ],
+        lifespan=lifespan,
+    )
+    app.state.fw = state
+    app.state.started = time.time()
+    return app

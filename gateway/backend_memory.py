@@ -1,0 +1,58 @@
+"""An in-process backend for tests and single-process use: the same advance-only-forward semantics
+as the Redis release script, with `release()` standing in for the cdc consumer."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+
+from cdc.redis_layout import Published, effective_version
+from gateway.backend import RESYNC, Event
+
+QUEUE_BOUND = 100_000
+
+
+class MemoryBackend:
+    def __init__(self) -> None:
+        self.versions: dict[str, str] = {}
+        self.prefixes: dict[str, str] = {}
+        self.wm: str | None = None
+        self.healthy = True
+        self._queue: asyncio.Queue[Event] = asyncio.Queue(QUEUE_BOUND)
+
+    async def start(self) -> None:
+        self.healthy = True
+
+    async def stop(self) -> None:
+        self.healthy = False
+
+    def release(self, version: str, keys: Sequence[str] = (), prefixes: Sequence[str] = (),
+                commit_ts_ms: int = 0) -> Published | None:
+        advanced = [k for k in dict.fromkeys(keys) if self.versions.get(k, "") < version]
+        for k in advanced:
+            self.versions[k] = version
+        advanced_p = [p for p in dict.fromkeys(prefixes) if self.prefixes.get(p, "") < version]
+        for p in advanced_p:
+            self.prefixes[p] = version
+        moved = self.wm is None or self.wm < version
+        if moved:
+            self.wm = version
+        if not (advanced or advanced_p or moved):
+            return None
+        event = Published(version, tuple(advanced), tuple(advanced_p), commit_ts_ms, self.wm or version)
+        self._queue.put_nowait(event)
+        return event
+
+    def resync(self) -> None:
+        """Simulate a reconnect after an outage."""
+        self._queue.put_nowait(RESYNC)
+
+    async def read_versions(self, keys: Sequence[str]) -> dict[str, str | None]:
+        return {k: effective_version(self.versions.get(k), k, self.prefixes) for k in keys}
+
+    async def watermark(self) -> str | None:
+        return self.wm
+
+    async def events(self) -> AsyncIterator[Event]:
+        while True:
+            yield await self._queue.get()

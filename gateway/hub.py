@@ -1,0 +1,67 @@
+"""The process-wide subscription index and fan-out.
+
+Fan-out never awaits a client: it only updates each subscriber's Session (coalescing) and wakes
+that connection's own writer task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from cdc.redis_layout import Published
+from gateway.session import Session
+
+
+class Hub:
+    def __init__(self) -> None:
+        self.index: dict[str, set[Session]] = {}
+        self.sessions: set[Session] = set()
+        self.watermark: str | None = None
+        self.deliveries = 0
+
+    def register(self, session: Session) -> None:
+        self.sessions.add(session)
+
+    def add(self, session: Session, keys: Iterable[str]) -> None:
+        for key in keys:
+            self.index.setdefault(key, set()).add(session)
+
+    def remove(self, session: Session, keys: Iterable[str]) -> None:
+        for key in keys:
+            subscribers = self.index.get(key)
+            if subscribers is not None:
+                subscribers.discard(session)
+                if not subscribers:
+                    del self.index[key]
+
+    def drop(self, session: Session) -> None:
+        self.remove(session, list(session.known))
+        self.sessions.discard(session)
+
+    @property
+    def subscriptions(self) -> int:
+        return sum(len(s) for s in self.index.values())
+
+    def offer(self, key: str, version: str, commit_ms: int) -> int:
+        delivered = 0
+        for session in self.index.get(key, ()):
+            if session.offer(key, version, commit_ms):
+                session.wake()
+                delivered += 1
+        return delivered
+
+    def deliver(self, event: Published) -> int:
+        """Hand one released batch to every subscriber; returns the number of (connection, key) deliveries."""
+        if self.watermark is None or event.watermark > self.watermark:
+            self.watermark = event.watermark
+        delivered = 0
+        for key in event.keys:
+            delivered += self.offer(key, event.version, event.commit_ts_ms)
+        if event.prefixes:
+            for key in [k for k in self.index if k.startswith(event.prefixes)]:
+                delivered += self.offer(key, event.version, event.commit_ts_ms)
+        self.deliveries += delivered
+        return delivered
+
+    def keys(self) -> list[str]:
+        return list(self.index)

@@ -1,0 +1,134 @@
+"""One connection's delivery state, sans I/O: what the client knows, what is pending, what to send.
+
+Guarantees, per connection:
+- only subscribed keys are delivered; a key's versions only increase; a (key, version) is sent once;
+- pending invalidations coalesce per key to the newest version, so memory is bounded by the number
+  of subscriptions (at most `max_subscriptions`), never by the event rate;
+- replies go out before invalidations that were queued with them, and keys whose subscription is
+  being set up are held back until the `subscribed` reply is queued.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable
+
+from gateway import protocol
+
+
+class ControlOverflow(Exception):
+    """The client left more than `control_limit` replies unread: it is closed with CLOSE_POLICY."""
+
+
+def _newer(version: str, than: str | None) -> bool:
+    return than is None or version > than
+
+
+class Session:
+    def __init__(self, conn_id: str, control_limit: int = 64, wake: Callable[[], None] | None = None) -> None:
+        self.conn_id = conn_id
+        self.control_limit = control_limit
+        self.known: dict[str, str | None] = {}   # subscribed key -> newest version told or queued
+        self.pending: dict[str, str] = {}        # key -> newest version not yet sent
+        self.held: set[str] = set()              # subscriptions being set up
+        self.controls: deque[str] = deque()
+        self.coalesced = 0
+        self.oldest_commit_ms = 0   # commit time of the oldest change waiting in `pending`
+        self.taken_commit_ms = 0    # the same for the invalidate frame last returned by take()
+        self.wake: Callable[[], None] = wake or (lambda: None)
+
+    # -- subscriptions
+    def begin_subscribe(self, keys: Iterable[str]) -> list[str]:
+        """Start subscribing; returns the keys that are new to this connection."""
+        new = [k for k in keys if k not in self.known]
+        for k in new:
+            self.known[k] = None
+        self.held.update(keys)
+        return new
+
+    def finish_subscribe(self, rid: int | None, current: dict[str, str | None],
+                         since: dict[str, str | None], watermark: str | None) -> None:
+        """Queue the `subscribed` reply, then an invalidate for every `since` key that is behind."""
+        versions: dict[str, str | None] = {}
+        for key, version in current.items():
+            if key not in self.known:
+                continue  # unsubscribed meanwhile
+            known = self.known[key]
+            reported = version if version is not None and _newer(version, known) else known
+            self.known[key] = reported
+            versions[key] = reported
+            behind = key in since and reported is not None and _newer(reported, since[key])
+            if behind and reported is not None:
+                self.pending[key] = reported
+            elif self.pending.get(key) == reported:
+                del self.pending[key]  # the reply itself tells the client this version
+        self.held.difference_update(current)
+        self.control(protocol.subscribed(rid, versions, watermark))
+        if self.pending:
+            self.wake()
+
+    def abort_subscribe(self, keys: Iterable[str], new: Iterable[str]) -> None:
+        self.held.difference_update(keys)
+        self.unsubscribe(new)
+
+    def unsubscribe(self, keys: Iterable[str]) -> list[str]:
+        gone = [k for k in keys if k in self.known]
+        for k in gone:
+            del self.known[k]
+            self.pending.pop(k, None)
+        return gone
+
+    # -- deliveries
+    def offer(self, key: str, version: str, commit_ms: int = 0) -> bool:
+        """A released version of `key`; True if it is news to this client (and was queued)."""
+        if key not in self.known or not _newer(version, self.known[key]):
+            return False
+        if not self.pending or not self.oldest_commit_ms:
+            self.oldest_commit_ms = commit_ms
+        self.known[key] = version
+        if key in self.pending:
+            self.coalesced += 1
+        self.pending[key] = version
+        return True
+
+    def control(self, frame: str) -> None:
+        if len(self.controls) >= self.control_limit:
+            raise ControlOverflow(f"{len(self.controls)} replies unread")
+        self.controls.append(frame)
+        self.wake()
+
+    def take(self) -> list[str]:
+        """Frames to write now: replies first, then one invalidate with every pending key not held."""
+        frames = list(self.controls)
+        self.controls.clear()
+        self.taken_commit_ms = 0
+        if self.pending:
+            ready = {k: v for k, v in self.pending.items() if k not in self.held}
+            if ready:
+                for k in ready:
+                    del self.pending[k]
+                self.taken_commit_ms, self.oldest_commit_ms = self.oldest_commit_ms, 0
+                frames.append(protocol.invalidate(ready))
+        return frames
+
+    @property
+    def depth(self) -> int:
+        return len(self.pending) + len(self.controls)
+
+
+class TokenBucket:
+    """Messages per second with a burst of twice the rate; time is passed in."""
+
+    def __init__(self, rate: float, now: float) -> None:
+        self.rate = rate
+        self.capacity = max(1.0, 2 * rate)
+        self.tokens = self.capacity
+        self.stamp = now
+
+    def take(self, now: float) -> bool:
+        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False

@@ -1,0 +1,54 @@
+"""The gateway's settings: FRESHWIRE_* environment variables (mirrored by flags in __main__),
+loaded once into a frozen object; a malformed value fails at start with its name."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields, replace
+
+from gateway.errors import SettingsError
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    redis_url: str = "redis://127.0.0.1:56379/0"   # or memory:// for one process without Redis
+    jwt_secret: str = ""                            # HS256 shared secret
+    jwt_public_key_file: str = ""                   # RS256 public key (PEM)
+    jwks_file: str = ""                             # RS256 keys as a JWKS document on disk
+    jwks_url: str = ""                              # RS256 keys from a JWKS endpoint
+    jwt_keys_claim: str = "fw_keys"                 # claim listing the key patterns a token may subscribe to
+    max_connections: int = 20000                    # per process; beyond: close 4013
+    max_subscriptions: int = 1000                   # keys per connection; beyond: too_many_keys
+    max_frame_bytes: int = 65536                    # inbound frame limit; beyond: close 1009
+    max_messages_per_s: float = 50.0                # inbound messages per connection per second (burst 2x)
+    max_rate_strikes: int = 20                      # rate_limited errors in a row before close 4008
+    control_queue: int = 64                         # unsent replies per connection before close 4008
+    ping_interval_s: float = 20.0                   # WebSocket ping interval (0: off)
+    resync_chunk: int = 1000                        # keys per version read when resyncing after a Redis outage
+    per_message_deflate: bool = False
+
+
+def _coerce(name: str, kind: type, raw: str) -> object:
+    if kind is bool:
+        return raw.lower() in ("1", "true", "yes", "on")
+    try:
+        return kind(raw)
+    except ValueError:
+        raise SettingsError(f"FRESHWIRE_{name.upper()} must be {kind.__name__}, got {raw!r}") from None
+
+
+def load_gateway_settings(overrides: dict[str, str] | None = None) -> GatewaySettings:
+    """Environment first, then `overrides` (command-line flags), field by field."""
+    base = GatewaySettings()
+    values: dict[str, object] = {}
+    for f in fields(GatewaySettings):
+        raw = (overrides or {}).get(f.name)
+        if raw is None:
+            raw = os.environ.get("FRESHWIRE_" + f.name.upper())
+        if raw is not None:
+            values[f.name] = _coerce(f.name, type(getattr(base, f.name)), raw)
+    settings = replace(base, **values)  # type: ignore[arg-type]
+    if not (settings.jwt_secret or settings.jwt_public_key_file or settings.jwks_file or settings.jwks_url):
+        raise SettingsError("set FRESHWIRE_JWT_SECRET (HS256) or FRESHWIRE_JWT_PUBLIC_KEY_FILE / "
+                            "FRESHWIRE_JWKS_FILE / FRESHWIRE_JWKS_URL (RS256)")
+    return settings

@@ -1,0 +1,22 @@
+"""Everything one gateway process shares between its connections, built once in the lifespan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from gateway.auth import Verifier
+from gateway.backend import Backend
+from gateway.hub import Hub
+from gateway.metrics import GatewayMetrics
+from gateway.settings import GatewaySettings
+
+
+@dataclass
+class GatewayState:
+    settings: GatewaySettings
+    verifier: Verifier
+    backend: Backend
+    hub: Hub = field(default_factory=Hub)
+    metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
+    pump_alive: bool = False
+    pump_error: str | None = None

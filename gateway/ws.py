@@ -1,0 +1,165 @@
+"""The WebSocket endpoint: moves frames between the socket and the pure Session / protocol core."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from gateway import errors as E
+from gateway import protocol
+from gateway.auth import Grant
+from gateway.backend import BackendUnavailable
+from gateway.errors import AuthError, ProtocolError
+from gateway.session import ControlOverflow, Session, TokenBucket
+from gateway.state import GatewayState
+
+log = logging.getLogger(__name__)
+_ids = itertools.count(1)
+
+
+def token_of(ws: WebSocket) -> str | None:
+    token = ws.query_params.get("token")
+    if token:
+        return token
+    header = ws.headers.get("authorization", "")
+    return header[7:].strip() if header.lower().startswith("bearer ") else None
+
+
+async def _close(ws: WebSocket, state: GatewayState, code: int, reason: str) -> None:
+    state.metrics.closes.labels(str(code)).inc()
+    with contextlib.suppress(Exception):
+        await ws.close(code, reason)
+
+
+async def endpoint(ws: WebSocket) -> None:
+    state: GatewayState = ws.app.state.fw
+    offered = ws.scope.get("subprotocols") or []
+    await ws.accept(subprotocol=protocol.SUBPROTOCOL if protocol.SUBPROTOCOL in offered else None)
+    try:
+        grant = state.verifier.verify(token_of(ws))
+    except AuthError as exc:
+        await _close(ws, state, E.CLOSE_AUTH, exc.reason)
+        return
+    if len(state.hub.sessions) >= state.settings.max_connections:
+        await _close(ws, state, E.CLOSE_OVER_CAPACITY, "over capacity")
+        return
+    wake = asyncio.Event()
+    session = Session(f"c{next(_ids)}", state.settings.control_queue, wake.set)
+    state.hub.register(session)
+    state.metrics.connections.inc()
+    log.info("[%s] open sub=%s", session.conn_id, grant.subject)
+    conn = Connection(ws, state, session, wake, grant)
+    try:
+        await conn.run()
+    finally:
+        state.hub.drop(session)
+        state.metrics.connections.dec()
+        log.info("[%s] closed", session.conn_id)
+
+
+class Connection:
+    def __init__(self, ws: WebSocket, state: GatewayState, session: Session, wake: asyncio.Event,
+                 grant: Grant) -> None:
+        self.ws, self.state, self.session, self.wake, self.grant = ws, state, session, wake, grant
+        self.bucket = TokenBucket(state.settings.max_messages_per_s, time.monotonic())
+        self.strikes = 0
+        self.close_code: tuple[int, str] | None = None
+
+    async def run(self) -> None:
+        writer = asyncio.create_task(self._writer(), name=f"writer-{self.session.conn_id}")
+        expiry = asyncio.create_task(self._expiry(), name=f"expiry-{self.session.conn_id}")
+        try:
+            await self._reader()
+        except (WebSocketDisconnect, RuntimeError):
+            pass
+        except ControlOverflow as exc:
+            self.close_code = (E.CLOSE_POLICY, str(exc))
+        finally:
+            expiry.cancel()
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await writer
+            if self.close_code is not None:
+                await _close(self.ws, self.state, *self.close_code)
+
+    async def _expiry(self) -> None:
+        await asyncio.sleep(max(0.0, self.grant.expires_at - time.time()))
+        self.close_code = (E.CLOSE_AUTH, "token expired")
+        await _close(self.ws, self.state, E.CLOSE_AUTH, "token expired")
+
+    async def _writer(self) -> None:
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            for frame in self.session.take():
+                await self.ws.send_text(frame)
+            if self.session.taken_commit_ms:
+                lag = time.time() - self.session.taken_commit_ms / 1000
+                self.state.metrics.commit_to_send.observe(max(0.0, lag))
+
+    def _error(self, exc: ProtocolError) -> None:
+        self.state.metrics.errors.labels(exc.code).inc()
+        self.session.control(protocol.error_of(exc))
+
+    async def _reader(self) -> None:
+        settings = self.state.settings
+        while self.close_code is None:
+            message = await self.ws.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            text = message.get("text")
+            if text is None:
+                self._error(ProtocolError(E.BINARY_UNSUPPORTED, "send JSON text frames"))
+                continue
+            if not self.bucket.take(time.monotonic()):
+                self.strikes += 1
+                if self.strikes > settings.max_rate_strikes:
+                    self.close_code = (E.CLOSE_POLICY, "rate limit exceeded")
+                    return
+                self._error(ProtocolError(E.RATE_LIMITED, f"at most {settings.max_messages_per_s:g} messages/s"))
+                continue
+            self.strikes = 0
+            try:
+                request = protocol.parse_request(text, settings.max_subscriptions)
+                await self._handle(request)
+            except ProtocolError as exc:
+                self._error(exc)
+
+    async def _handle(self, request: protocol.Request) -> None:
+        if isinstance(request, protocol.Subscribe):
+            await self._subscribe(request)
+        elif isinstance(request, protocol.Unsubscribe):
+            gone = self.session.unsubscribe(request.keys)
+            self.state.hub.remove(self.session, gone)
+            self.session.control(protocol.unsubscribed(request.id, request.keys))
+        else:
+            self.session.control(protocol.pong(request.id))
+
+    async def _subscribe(self, request: protocol.Subscribe) -> None:
+        forbidden = [k for k in request.keys if not self.grant.allows(k)]
+        keys = tuple(k for k in request.keys if k not in forbidden)
+        if forbidden:
+            self._error(ProtocolError(E.FORBIDDEN, "the token does not cover these keys", request.id,
+                                      keys=forbidden[:100]))
+            if not keys:
+                return
+        total = len(set(self.session.known) | set(keys))
+        if total > self.state.settings.max_subscriptions:
+            raise ProtocolError(E.TOO_MANY_KEYS, f"at most {self.state.settings.max_subscriptions} keys "
+                                "per connection", request.id)
+        new = self.session.begin_subscribe(keys)
+        self.state.hub.add(self.session, new)
+        try:
+            current = await self.state.backend.read_versions(keys)
+            watermark = await self.state.backend.watermark()
+        except BackendUnavailable:
+            self.session.abort_subscribe(keys, new)
+            self.state.hub.remove(self.session, new)
+            raise ProtocolError(E.UNAVAILABLE, "version store unavailable, retry", request.id) from None
+        since = {k: v for k, v in request.since.items() if k in current}
+        self.session.finish_subscribe(request.id, current, since, watermark)
