@@ -60,7 +60,7 @@ class Session:
             behind = key in since and reported is not None and _newer(reported, since[key])
             if behind and reported is not None:
                 self.pending[key] = reported
-            elif self.pending.get(key) == reported:
+            elif reported is not None and self.pending.get(key) == reported:
                 del self.pending[key]  # the reply itself tells the client this version
         self.held.difference_update(current)
         self.control(protocol.subscribed(rid, versions, watermark))
