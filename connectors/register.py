@@ -40,8 +40,20 @@ def _request(method: str, url: str, body: Any = None) -> Any:
         raise RegisterError(f"{method} {url}: {e.code} {e.read().decode(errors='replace')}") from None
 
 
+PUT_ATTEMPTS = 30
+
+
 def put_config(connect_url: str, name: str, config: dict[str, str]) -> None:
-    _request("PUT", f"{connect_url}/connectors/{name}/config", config)
+    """Idempotent PUT; retried while Connect is still joining its group (409) or not listening yet."""
+    for attempt in range(PUT_ATTEMPTS):
+        try:
+            _request("PUT", f"{connect_url}/connectors/{name}/config", config)
+            return
+        except (RegisterError, OSError) as exc:
+            retriable = isinstance(exc, OSError) or " 409 " in str(exc) or " 503 " in str(exc)
+            if not retriable or attempt == PUT_ATTEMPTS - 1:
+                raise
+            time.sleep(1.0)
 
 
 def status(connect_url: str, name: str) -> dict[str, Any]:

@@ -44,10 +44,6 @@ class StackSettings:
     gateway_port: int
     gateway2_port: int
     cdc_metrics_port: int
-    demo_port: int
-    replica_port: int
-    replica_delay_ms: int
-    with_replica: bool
     pg_bin: Path
     host: str = "127.0.0.1"
 
@@ -74,10 +70,6 @@ class StackSettings:
     @property
     def app_dsn(self) -> str:
         return f"postgresql://app:app@{self.host}:{self.pg_port}/app"
-
-    @property
-    def replica_dsn(self) -> str:
-        return f"postgresql://app:app@{self.host}:{self.replica_port}/app"
 
     @property
     def redis_url(self) -> str:
@@ -109,9 +101,5 @@ def load_stack_settings() -> StackSettings:
         gateway_port=_int("FRESHWIRE_GATEWAY_PORT", 58080),
         gateway2_port=_int("FRESHWIRE_GATEWAY2_PORT", 58081),
         cdc_metrics_port=_int("FRESHWIRE_CDC_METRICS_PORT", 59108),
-        demo_port=_int("FRESHWIRE_DEMO_PORT", 58090),
-        replica_port=_int("FRESHWIRE_REPLICA_PORT", 55433),
-        replica_delay_ms=_int("FRESHWIRE_REPLICA_DELAY_MS", 0),
-        with_replica=os.environ.get("FRESHWIRE_REPLICA", "0") not in ("", "0", "false", "no"),
         pg_bin=_path("FRESHWIRE_PG_BIN", Path(f"/usr/lib/postgresql/{PG_MAJOR}/bin")),
     )
