@@ -11,6 +11,7 @@ from typing import Any, cast
 
 from cdc.errors import DecodeError
 from cdc.model import Heartbeat, Op, Record, Row, RowChange, Tombstone, TxBegin, TxEnd
+from cdc.versions import MAX_LSN
 
 OPS: frozenset[str] = frozenset({"c", "u", "d", "r", "t"})
 MAX_RECORD_BYTES = 16 * 1024 * 1024
@@ -19,7 +20,7 @@ MAX_RECORD_BYTES = 16 * 1024 * 1024
 def _json(raw: bytes, what: str) -> Any:
     try:
         return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, int digit limit
         raise DecodeError("bad_json", f"{what} is not JSON: {exc}") from None
 
 
@@ -40,7 +41,7 @@ def _split_tx_id(tx_id: Any) -> tuple[str, int]:
     if not isinstance(tx_id, str) or ":" not in tx_id:
         raise DecodeError("bad_transaction", f"transaction id must be 'txId:LSN', got {tx_id!r}")
     xid, _, lsn = tx_id.partition(":")
-    if not xid or not lsn.isdigit():
+    if not xid or not (lsn.isascii() and lsn.isdigit()) or len(lsn) > 20 or int(lsn) > MAX_LSN:
         raise DecodeError("bad_transaction", f"transaction id must be 'txId:LSN', got {tx_id!r}")
     return xid, int(lsn)
 
@@ -56,7 +57,7 @@ def _transaction(value: dict[str, Any]) -> Record:
 
 def _change(key: Any, value: dict[str, Any]) -> RowChange:
     op = value.get("op")
-    if op not in OPS:
+    if not isinstance(op, str) or op not in OPS:
         raise DecodeError("unknown_op", f"unsupported op {op!r}")
     source = value.get("source")
     if not isinstance(source, dict):
@@ -67,6 +68,9 @@ def _change(key: Any, value: dict[str, Any]) -> RowChange:
     tx = value.get("transaction")
     if tx is not None and not isinstance(tx, dict):
         raise DecodeError("bad_transaction", "transaction must be an object or null")
+    lsn = _int(source.get("lsn"), "source.lsn")
+    if not 0 <= lsn <= MAX_LSN:
+        raise DecodeError("bad_field", f"source.lsn out of range: {lsn}")
     before, after = _row(value.get("before"), "before"), _row(value.get("after"), "after")
     if op in ("c", "r") and after is None:
         raise DecodeError("bad_field", f"op {op} without an after image")
@@ -82,7 +86,7 @@ def _change(key: Any, value: dict[str, Any]) -> RowChange:
         after=after,
         key=key if isinstance(key, dict) else None,
         tx_id=None if tx is None else _split_tx_id(tx.get("id"))[0],
-        lsn=_int(source.get("lsn"), "source.lsn"),
+        lsn=lsn,
         ts_ms=_int(source.get("ts_ms", 0), "source.ts_ms"),
     )
 

@@ -34,8 +34,16 @@ class Template:
 
     @property
     def prefix(self) -> str:
-        """The literal text before the first placeholder: every key this template renders starts with it."""
-        return self.text.split("{", 1)[0]
+        """The literal text before the first placeholder: every key this template renders starts with it.
+
+        For a template without placeholders, the key itself. Escaped braces ({{, }}) count as one brace.
+        """
+        literal = []
+        for text, name, _spec, _conversion in string.Formatter().parse(self.text):
+            literal.append(text)
+            if name is not None:
+                break
+        return "".join(literal)
 
     def render(self, row: Row) -> str | None:
         """The key for `row`; None when a field is null (the row has no such parent).
@@ -142,8 +150,8 @@ def default_name(change: RowChange) -> str:
 
 def default_rule(change: RowChange) -> TableRule:
     """Tables without rules: a row key `<table>:<pk>` (pk columns joined by ':') and a table key `<table>`."""
-    name = default_name(change)
-    pk_fields = list(change.key) if change.key else []
+    name = default_name(change).replace("{", "{{").replace("}", "}}")
+    pk_fields = list(change.key) if change.key and all(IDENT.match(f) for f in change.key) else []
     row_template = f"{name}:" + ":".join(f"{{{f}}}" for f in pk_fields) if pk_fields else None
     templates = [Template(name, ())]
     if row_template is not None:
@@ -154,7 +162,7 @@ def default_rule(change: RowChange) -> TableRule:
 
 
 def _truncate(rule: TableRule) -> Invalidation:
-    keys = tuple(dict.fromkeys(t.text for t in rule.templates if not t.fields))
+    keys = tuple(dict.fromkeys(t.prefix for t in rule.templates if not t.fields))
     prefixes = tuple(dict.fromkeys(t.prefix for t in rule.templates if t.fields))
     return Invalidation(keys, prefixes)
 

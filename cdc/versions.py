@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import re
 
-VERSION_RE = re.compile(r"^[0-9a-f]{16}$")
+VERSION_RE = re.compile(r"^[0-9a-f]{16}\Z")
+LSN_TEXT_RE = re.compile(r"^([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})\Z")
 MAX_LSN = (1 << 64) - 1
 
 
@@ -26,8 +27,10 @@ def lsn_of_version(version: str) -> int:
 
 def lsn_of_text(text: str) -> int:
     """PostgreSQL's textual LSN ('16/B374D848') as an integer."""
-    high, _, low = text.partition("/")
-    return (int(high, 16) << 32) | int(low, 16)
+    match = LSN_TEXT_RE.match(text)
+    if match is None:
+        raise ValueError(f"not an LSN: {text!r}")
+    return (int(match[1], 16) << 32) | int(match[2], 16)
 
 
 def is_version(value: object) -> bool:

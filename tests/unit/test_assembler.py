@@ -1,0 +1,195 @@
+"""cdc.assembler over the real stack capture (decode -> Assembler with the demo rules), and built streams."""
+
+from __future__ import annotations
+
+import itertools
+
+from debezium_json import DEMO_RULES, begin_json, change_value, enc, end_json, heartbeat_json, stack_capture
+
+from cdc.assembler import Assembler
+from cdc.decode import decode
+from cdc.model import Batch, Record, TxBegin, TxEnd
+from cdc.rules import load_rules
+from cdc.versions import version_of_lsn
+
+RULES = load_rules(DEMO_RULES)
+CAPTURE = [(c.offset, decode(c.key, c.value)) for c in stack_capture()]
+ENDS = [(offset, r) for offset, r in CAPTURE if isinstance(r, TxEnd)]
+
+
+def run(records: list[tuple[int, Record]], assembler: Assembler | None = None) -> tuple[Assembler, list[Batch]]:
+    assembler = assembler or Assembler(RULES)
+    batches = [b for offset, r in records if (b := assembler.feed(r, offset)) is not None]
+    return assembler, batches
+
+
+def test_assembler_capture_offsets_are_contiguous() -> None:
+    assert [offset for offset, _ in CAPTURE] == list(range(len(CAPTURE)))
+    assert len(ENDS) == 16
+
+
+def test_assembler_each_end_releases_one_batch_at_its_end_lsn() -> None:
+    assembler = Assembler(RULES)
+    released = []
+    for offset, record in CAPTURE:
+        batch = assembler.feed(record, offset)
+        if isinstance(record, TxEnd):
+            assert batch is not None, f"END at {offset} released nothing"
+            assert batch.version == version_of_lsn(record.end_lsn)
+            assert batch.tx_id == record.tx_id
+            assert batch.commit_ts_ms == record.ts_ms
+            released.append(batch)
+        else:
+            assert batch is None, f"{record} at {offset} released a batch"
+    assert [b.tx_id for b in released] == [str(x) for x in range(728, 744)]
+    assert assembler.last_version == released[-1].version == version_of_lsn(26625528)
+
+
+def test_assembler_versions_strictly_increase() -> None:
+    _, batches = run(CAPTURE)
+    versions = [b.version for b in batches]
+    assert all(a < b for a, b in itertools.pairwise(versions))
+
+
+def test_assembler_keys_are_deduplicated() -> None:
+    _, batches = run(CAPTURE)
+    by_tx = {b.tx_id: b for b in batches}
+    for b in batches:
+        assert len(b.keys) == len(set(b.keys))
+        assert len(b.prefixes) == len(set(b.prefixes))
+    cards = by_tx["734"]  # card 1 moves board 1 -> 2, card 2 changes status on board 1
+    assert sorted(cards.keys) == sorted(["card:1", "board:1", "tenant:1:card:1", "tenant:1:board:1", "board:2",
+                                         "tenant:1:board:2", "card:2", "tenant:1:card:2"])
+    assert cards.ops == {"public.cards": {"u": 2}}
+    outbox = by_tx["735"]  # truncate of the outbox, then an insert with an explicit keys column
+    assert outbox.keys == ("order:7", "tenant:1:orders")
+    assert outbox.prefixes == ()
+    assert outbox.ops == {"public.outbox": {"t": 1, "c": 1}}
+
+
+def test_assembler_heartbeat_transactions_release_empty_batches() -> None:
+    _, batches = run(CAPTURE)
+    beats = [b for b in batches if b.tx_id not in ("734", "735")]
+    assert len(beats) == 14
+    for b in beats:
+        assert b.empty
+        assert set(b.ops) == {"public.freshwire_heartbeat"}
+
+
+def test_assembler_safe_offset_never_points_inside_an_open_transaction() -> None:
+    assembler = Assembler(RULES)
+    open_begin: int | None = None
+    for offset, record in CAPTURE:
+        assembler.feed(record, offset)
+        if isinstance(record, TxBegin):
+            open_begin = offset
+        elif isinstance(record, TxEnd):
+            open_begin = None
+            assert assembler.safe_offset == offset + 1
+        if open_begin is not None:
+            assert assembler.safe_offset is None or assembler.safe_offset <= open_begin
+        elif not isinstance(record, TxEnd):
+            assert assembler.safe_offset == offset + 1  # heartbeats outside transactions move it on
+    # The capture ends inside transaction 744 (BEGIN at 65, its change at 66, no END yet).
+    assert assembler.safe_offset == 65
+
+
+def test_assembler_restart_from_any_safe_offset_releases_the_same_batches() -> None:
+    _, batches = run(CAPTURE)
+    assembler = Assembler(RULES)
+    safe_offsets = set()
+    for offset, record in CAPTURE:
+        assembler.feed(record, offset)
+        if assembler.safe_offset is not None:
+            safe_offsets.add(assembler.safe_offset)
+    end_offset = {r.tx_id: offset for offset, r in ENDS}
+    for safe in sorted(safe_offsets):
+        _, again = run(CAPTURE[safe:])
+        assert again == [b for b in batches if end_offset[b.tx_id] >= safe]
+
+
+def test_assembler_replay_into_same_assembler_releases_nothing_more() -> None:
+    assembler, batches = run(CAPTURE)
+    assert len(batches) == 16
+    assert assembler.skipped_replays == 0
+    _, again = run(CAPTURE, assembler)
+    assert again == []
+    assert assembler.skipped_replays == len(ENDS)
+    _, tail = run(CAPTURE[30:], assembler)
+    assert tail == []
+    assert assembler.skipped_replays == len(ENDS) + len([o for o, _ in ENDS if o >= 30])
+
+
+def test_assembler_restart_with_last_version_skips_what_was_released() -> None:
+    _, batches = run(CAPTURE)
+    assembler, again = run(CAPTURE, Assembler(RULES, last_version=batches[7].version))
+    assert again == batches[8:]
+    assert assembler.skipped_replays == 8
+
+
+def test_assembler_fifty_row_transaction_is_one_batch() -> None:
+    records: list[tuple[bytes | None, bytes | None]] = [heartbeat_json(1), begin_json("900", 30_000_000)]
+    for i in range(1, 51):
+        row = {"id": i, "tenant_id": 1, "board_id": 1 + i % 5, "title": f"card {i}", "status": "todo",
+               "owner": None, "version": 1}
+        records.append((enc({"id": i}), enc(change_value("cards", "c", after=row, tx=f"900:{30_000_000 + 100 * i}",
+                                                         lsn=30_000_000 + 100 * i))))
+    records += [end_json("900", 30_100_000, 50), heartbeat_json(2)]
+    assembler, batches = run([(o, decode(k, v)) for o, (k, v) in enumerate(records)])
+    assert len(batches) == 1
+    (batch,) = batches
+    assert batch.version == version_of_lsn(30_100_000)
+    assert batch.ops == {"public.cards": {"c": 50}}
+    expected = {f"card:{i}" for i in range(1, 51)} | {f"tenant:1:card:{i}" for i in range(1, 51)}
+    expected |= {f"board:{b}" for b in range(1, 6)} | {f"tenant:1:board:{b}" for b in range(1, 6)}
+    assert set(batch.keys) == expected
+    assert len(batch.keys) == 110
+    assert assembler.safe_offset == len(records)
+
+
+def test_assembler_change_without_transaction_metadata_is_its_own_batch() -> None:
+    records = [(enc({"id": 6}), enc(change_value("items", "c", after={"id": 6}, lsn=26809848))),
+               heartbeat_json(3),
+               (None, enc(change_value("items_default", "t", lsn=26813872)))]
+    assembler, batches = run([(o, decode(k, v)) for o, (k, v) in enumerate(records)])
+    assert [(b.version, b.keys, b.prefixes) for b in batches] == [
+        (version_of_lsn(26809848), ("items:6", "items"), ()),
+        (version_of_lsn(26813872), ("items_default",), ("items_default:",)),
+    ]
+    assert assembler.safe_offset == 3
+
+
+def test_assembler_snapshot_reads_at_one_position_all_release() -> None:
+    records = [(enc({"id": i}), enc(change_value("items", "r", after={"id": i}, lsn=500))) for i in (1, 2)]
+    _, batches = run([(o, decode(k, v)) for o, (k, v) in enumerate(records)])
+    assert [b.keys for b in batches] == [("items:1", "items"), ("items:2", "items")]
+    assert {b.version for b in batches} == {version_of_lsn(500)}
+
+
+def test_assembler_skip_moves_safe_offset_only_outside_transactions() -> None:
+    assembler = Assembler(RULES)
+    assembler.skip(0)
+    assert assembler.safe_offset == 1
+    assembler.feed(decode(*begin_json("1", 10)), 1)
+    assembler.skip(2)
+    assert assembler.safe_offset == 1
+    assembler.feed(decode(*end_json("1", 20, 0)), 3)
+    assert assembler.safe_offset == 4
+
+
+def test_assembler_reset_forgets_the_open_transaction_and_position() -> None:
+    records = [begin_json("1", 10),
+               (enc({"id": 1}), enc(change_value("items", "c", after={"id": 1}, tx="1:10", lsn=10))),
+               end_json("1", 20, 1)]
+    decoded = [(o, decode(k, v)) for o, (k, v) in enumerate(records)]
+    assembler, batches = run(decoded)
+    assert len(batches) == 1 and assembler.safe_offset == 3
+    assembler.reset()
+    assert (assembler.safe_offset, assembler.last_version) == (None, "")
+    _, again = run(decoded[:2], assembler)
+    assembler.reset(last_version=batches[0].version)
+    _, again = run(decoded, assembler)
+    assert again == []
+    assembler.reset()
+    _, again = run(decoded, assembler)
+    assert again == batches
