@@ -93,7 +93,10 @@ class Pipeline:
             touched.add(partition)
             try:
                 record = decode(msg.key(), msg.value())
-            except DecodeError as exc:
+            except Exception as exc:  # noqa: BLE001 - a record must never stop the pipeline
+                if not isinstance(exc, DecodeError):
+                    log.exception("decoder failed on %s@%s", msg.partition(), msg.offset())
+                    exc = DecodeError("decoder_failed", repr(exc)[:500])
                 self.metrics.dlq.labels(exc.code).inc()
                 log.warning("dead-lettering %s[%s]@%s: %s", msg.topic(), msg.partition(), msg.offset(), exc)
                 self.outputs.dead_letter(msg, exc)
