@@ -93,7 +93,7 @@ class Pipeline:
             touched.add(partition)
             try:
                 record = decode(msg.key(), msg.value())
-            except Exception as exc:  # noqa: BLE001 - a record must never stop the pipeline
+            except Exception as exc:  # a record must never stop the pipeline
                 if not isinstance(exc, DecodeError):
                     log.exception("decoder failed on %s@%s", msg.partition(), msg.offset())
                     exc = DecodeError("decoder_failed", repr(exc)[:500])
