@@ -47,4 +47,4 @@ if [ ! -f "$DBZ_PLUGINS/debezium-connector-postgres/debezium-connector-postgres-
   tar xzf "$tmp"/debezium-connector-postgres-3.6.1.Final-plugin.tar.gz -C "$DBZ_PLUGINS"
   rm -rf "$tmp"
 fi
-echo "installed: postgres $(/usr/lib/postgresql/15/bin/postgres --version | awk '{print $3}'), $(redis-server --version | awk '{print $3}'), kafka 4.4.0, debezium 3.6.1.Final"
+echo "installed: postgres $(/usr/lib/postgresql/15/bin/postgres --version | awk '{print $3}'), redis $(redis-server --version | sed -E 's/.*v=([0-9.]+).*/\1/'), kafka 4.4.0, debezium 3.6.1.Final"
