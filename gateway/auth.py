@@ -18,6 +18,7 @@ from gateway.settings import GatewaySettings
 
 MAX_TOKEN_BYTES = 8192
 MAX_PATTERNS = 256
+CLOCK_SKEW_S = 5  # iat / nbf may be this far in the future (issuer's clock ahead); exp is checked strictly below
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +78,7 @@ class Verifier:
         for key in candidates:
             try:
                 claims = jwt.decode(token, key, algorithms=[str(alg)], options={"require": ["exp"]},
-                                    leeway=0)
+                                    leeway=CLOCK_SKEW_S)
                 break
             except jwt.ExpiredSignatureError:
                 raise AuthError("token expired") from None

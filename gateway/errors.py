@@ -22,7 +22,8 @@ ERROR_CODES: Final = frozenset({
 })
 
 # WebSocket close codes.
-CLOSE_SHUTDOWN: Final = 1001         # server shutting down: reconnect (to any gateway) and resume
+CLOSE_SHUTDOWN: Final = 1001         # server going away: reconnect (to any gateway) and resume
+CLOSE_RESTART: Final = 1012          # server shutting down (what uvicorn sends open sockets on SIGTERM): same
 CLOSE_TOO_BIG: Final = 1009          # a frame larger than the frame limit (closed by the server's WebSocket layer)
 CLOSE_AUTH: Final = 4001             # missing, malformed, badly signed or expired token
 CLOSE_POLICY: Final = 4008           # limits violated repeatedly (rate, unread replies)

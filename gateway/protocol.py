@@ -14,8 +14,8 @@ from gateway import errors as E
 from gateway.errors import ProtocolError
 
 SUBPROTOCOL = "freshwire.v1"
-KEY_RE = re.compile(r"^[A-Za-z0-9_.:@/+=-]{1,256}$")
-VERSION_RE = re.compile(r"^[0-9a-f]{16}$")
+KEY_RE = re.compile(r"^[A-Za-z0-9_.:@/+=-]{1,256}\Z")  # \Z: `$` would allow a trailing newline
+VERSION_RE = re.compile(r"^[0-9a-f]{16}\Z")
 MAX_ID = 2**53 - 1
 
 
@@ -90,7 +90,7 @@ def parse_request(text: str, max_keys: int) -> Request:
     """One client text frame -> a request, or ProtocolError with a stable code."""
     try:
         body = json.loads(text)
-    except (json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):  # ValueError also covers integers beyond int_max_str_digits
         raise ProtocolError(E.BAD_JSON, "frame is not valid JSON") from None
     if not isinstance(body, dict):
         raise ProtocolError(E.BAD_REQUEST, "frame must be a JSON object")

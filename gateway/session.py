@@ -40,6 +40,7 @@ class Session:
     # -- subscriptions
     def begin_subscribe(self, keys: Iterable[str]) -> list[str]:
         """Start subscribing; returns the keys that are new to this connection."""
+        keys = list(dict.fromkeys(keys))  # may be an iterator; used twice
         new = [k for k in keys if k not in self.known]
         for k in new:
             self.known[k] = None
@@ -72,7 +73,7 @@ class Session:
         self.unsubscribe(new)
 
     def unsubscribe(self, keys: Iterable[str]) -> list[str]:
-        gone = [k for k in keys if k in self.known]
+        gone = [k for k in dict.fromkeys(keys) if k in self.known]
         for k in gone:
             del self.known[k]
             self.pending.pop(k, None)

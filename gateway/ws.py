@@ -69,6 +69,7 @@ class Connection:
         self.bucket = TokenBucket(state.settings.max_messages_per_s, time.monotonic())
         self.strikes = 0
         self.close_code: tuple[int, str] | None = None
+        self.closed = False  # the close frame was already sent (by the expiry task)
 
     async def run(self) -> None:
         writer = asyncio.create_task(self._writer(), name=f"writer-{self.session.conn_id}")
@@ -84,12 +85,13 @@ class Connection:
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await writer
-            if self.close_code is not None:
+            if self.close_code is not None and not self.closed:
                 await _close(self.ws, self.state, *self.close_code)
 
     async def _expiry(self) -> None:
         await asyncio.sleep(max(0.0, self.grant.expires_at - time.time()))
         self.close_code = (E.CLOSE_AUTH, "token expired")
+        self.closed = True
         await _close(self.ws, self.state, E.CLOSE_AUTH, "token expired")
 
     async def _writer(self) -> None:
@@ -112,11 +114,7 @@ class Connection:
             message = await self.ws.receive()
             if message["type"] == "websocket.disconnect":
                 return
-            text = message.get("text")
-            if text is None:
-                self._error(ProtocolError(E.BINARY_UNSUPPORTED, "send JSON text frames"))
-                continue
-            if not self.bucket.take(time.monotonic()):
+            if not self.bucket.take(time.monotonic()):  # every frame counts, binary ones too
                 self.strikes += 1
                 if self.strikes > settings.max_rate_strikes:
                     self.close_code = (E.CLOSE_POLICY, "rate limit exceeded")
@@ -124,6 +122,10 @@ class Connection:
                 self._error(ProtocolError(E.RATE_LIMITED, f"at most {settings.max_messages_per_s:g} messages/s"))
                 continue
             self.strikes = 0
+            text = message.get("text")
+            if text is None:
+                self._error(ProtocolError(E.BINARY_UNSUPPORTED, "send JSON text frames"))
+                continue
             try:
                 request = protocol.parse_request(text, settings.max_subscriptions)
                 await self._handle(request)

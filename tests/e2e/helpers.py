@@ -76,3 +76,37 @@ async def settle(c: Client, floors: dict[str, str], timeout_s: float = 20.0) -> 
         except TimeoutError:
             break
     c.received.clear()
+
+
+def next_id(s: StackSettings, table: str) -> int:
+    """A fresh primary key from the table's own sequence (unique across test modules and runs)."""
+    with psycopg.connect(s.app_dsn, autocommit=True) as conn:
+        row = conn.execute(f"SELECT nextval('{table}_id_seq')").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+# Per key, the WAL position inside its last setup write: tests wait until keys are past it.
+floors: dict[str, str] = {}
+
+
+def new_board(s: StackSettings, tenant: int = 1) -> int:
+    board = next_id(s, "boards")
+    inside = write(s, "INSERT INTO boards (id, tenant_id, name) VALUES (%s, %s, 'e2e')", (board, tenant))[1]
+    floors.update(dict.fromkeys([f"board:{board}", f"tenant:{tenant}:board:{board}"], inside))
+    return board
+
+
+def new_card(s: StackSettings, board: int, tenant: int = 1) -> int:
+    card = next_id(s, "cards")
+    inside = write(s, "INSERT INTO cards (id, tenant_id, board_id, title) VALUES (%s, %s, %s, 'e2e')",
+                   (card, tenant, board))[1]
+    floors.update(dict.fromkeys([f"card:{card}", f"board:{board}", f"tenant:{tenant}:card:{card}",
+                                 f"tenant:{tenant}:board:{board}"], inside))
+    return card
+
+
+async def subscribe_settled(c: Client, keys: list[str]) -> None:
+    """Subscribe, then wait until the setup writes are visible for every key, and start quiet."""
+    await c.subscribe(keys)
+    await settle(c, {k: floors[k] for k in keys if k in floors})

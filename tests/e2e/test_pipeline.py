@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import threading
 
@@ -13,36 +12,17 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from cdc.versions import lsn_of_text, version_of_lsn
 from connectors.stack_settings import StackSettings
-from gateway.client import Client
-from tests.e2e.helpers import assert_in_order_once, client, connect, settle, until, write
-
-_ids = itertools.count(int(__import__("time").time()) % 100000 * 1000)
-
-
-# Per key, the WAL position inside its last setup write: tests wait until keys are past it.
-_floors: dict[str, str] = {}
-
-
-def new_board(s: StackSettings, tenant: int = 1) -> int:
-    board = next(_ids)
-    inside = write(s, "INSERT INTO boards (id, tenant_id, name) VALUES (%s, %s, 'e2e')", (board, tenant))[1]
-    _floors.update(dict.fromkeys([f"board:{board}", f"tenant:{tenant}:board:{board}"], inside))
-    return board
-
-
-def new_card(s: StackSettings, board: int, tenant: int = 1) -> int:
-    card = next(_ids)
-    inside = write(s, "INSERT INTO cards (id, tenant_id, board_id, title) VALUES (%s, %s, %s, 'e2e')",
-                   (card, tenant, board))[1]
-    _floors.update(dict.fromkeys([f"card:{card}", f"board:{board}", f"tenant:{tenant}:card:{card}",
-                                  f"tenant:{tenant}:board:{board}"], inside))
-    return card
-
-
-async def subscribe_settled(c: Client, keys: list[str]) -> None:
-    """Subscribe, then wait until the setup writes are visible for every key, and start quiet."""
-    await c.subscribe(keys)
-    await settle(c, {k: _floors[k] for k in keys if k in _floors})
+from tests.e2e.helpers import (
+    assert_in_order_once,
+    client,
+    connect,
+    new_board,
+    new_card,
+    next_id,
+    subscribe_settled,
+    until,
+    write,
+)
 
 
 async def test_e2e_update_reaches_subscriber_with_commit_version(stack_settings: StackSettings) -> None:
@@ -113,7 +93,7 @@ async def test_e2e_fifty_row_transaction_is_one_batch(stack_settings: StackSetti
     """(c) 50 rows in one transaction: one invalidate frame, every key at the same version."""
     s = stack_settings
     board = new_board(s)
-    ids = [next(_ids) for _ in range(50)]
+    ids = [next_id(s, "cards") for _ in range(50)]
     async with client(s, ["card:*", "board:*"]) as c:
         await subscribe_settled(c, [f"board:{board}"])
         await c.subscribe([f"card:{i}" for i in ids])

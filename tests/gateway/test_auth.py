@@ -1,0 +1,260 @@
+"""gateway.auth: token verification (HS256, RS256 from a PEM file or a JWKS file) and key patterns."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from gw_support import SECRET
+from jwt.algorithms import RSAAlgorithm
+
+from gateway.auth import MAX_PATTERNS, MAX_TOKEN_BYTES, Grant, Verifier, mint
+from gateway.errors import AuthError
+from gateway.settings import GatewaySettings
+
+
+def _rsa() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+RSA_KEY = _rsa()
+OTHER_RSA_KEY = _rsa()
+
+
+def _pem(key: rsa.RSAPrivateKey) -> str:
+    return key.public_key().public_bytes(serialization.Encoding.PEM,
+                                         serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+
+
+def _claims(**over: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"sub": "alice", "fw_keys": ["tenant:1:*"], "exp": int(time.time()) + 600}
+    body.update(over)
+    return {k: v for k, v in body.items() if v is not None}
+
+
+def _rs(key: rsa.RSAPrivateKey = RSA_KEY, kid: str | None = None, **over: Any) -> str:
+    return jwt.encode(_claims(**over), key, algorithm="RS256", headers={"kid": kid} if kid else None)
+
+
+def _hs(secret: str = SECRET, **over: Any) -> str:
+    return jwt.encode(_claims(**over), secret, algorithm="HS256")
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _handmade(header: dict[str, Any], claims: dict[str, Any], secret: bytes | None) -> str:
+    signing_input = f"{_b64(json.dumps(header).encode())}.{_b64(json.dumps(claims).encode())}"
+    sig = _b64(hmac.new(secret, signing_input.encode(), hashlib.sha256).digest()) if secret else ""
+    return f"{signing_input}.{sig}"
+
+
+@pytest.fixture
+def pem_file(tmp_path: Path) -> str:
+    path = tmp_path / "public.pem"
+    path.write_text(_pem(RSA_KEY))
+    return str(path)
+
+
+@pytest.fixture
+def jwks_file(tmp_path: Path) -> str:
+    jwk = json.loads(RSAAlgorithm.to_jwk(RSA_KEY.public_key()))
+    jwk.update({"kid": "k1", "use": "sig", "alg": "RS256"})
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps({"keys": [jwk]}))
+    return str(path)
+
+
+HS = Verifier(GatewaySettings(jwt_secret=SECRET))
+
+
+# -- HS256
+
+
+def test_verifier_hs256_returns_grant() -> None:
+    grant = HS.verify(_hs())
+    assert grant.subject == "alice"
+    assert grant.patterns == ("tenant:1:*",)
+    assert grant.expires_at > time.time()
+
+
+def test_verifier_accepts_minted_token() -> None:
+    grant = HS.verify(mint(SECRET, "bob", ["a", "b:*"], 60))
+    assert (grant.subject, grant.patterns) == ("bob", ("a", "b:*"))
+
+
+def test_verifier_hs256_wrong_secret_refused() -> None:
+    with pytest.raises(AuthError, match="bad signature"):
+        HS.verify(_hs("another-secret-that-is-also-32-bytes-long"))
+
+
+def test_verifier_hs256_tampered_payload_refused() -> None:
+    head, _, sig = _hs().split(".")
+    forged = _b64(json.dumps(_claims(fw_keys=["*"])).encode())
+    with pytest.raises(AuthError):
+        HS.verify(f"{head}.{forged}.{sig}")
+
+
+@pytest.mark.parametrize("tok", [None, ""])
+def test_verifier_missing_token_refused(tok: str | None) -> None:
+    with pytest.raises(AuthError, match="missing"):
+        HS.verify(tok)
+
+
+@pytest.mark.parametrize("tok", ["x", "a.b.c", "....", "eyJhbGciOi.e30.x"])
+def test_verifier_malformed_token_refused(tok: str) -> None:
+    with pytest.raises(AuthError):
+        HS.verify(tok)
+
+
+def test_verifier_too_long_token_refused() -> None:
+    with pytest.raises(AuthError, match="too long"):
+        HS.verify(_hs(fw_keys=[f"key:{i}" for i in range(MAX_TOKEN_BYTES // 8)]))
+
+
+def test_verifier_expired_refused() -> None:
+    with pytest.raises(AuthError, match="expired"):
+        HS.verify(_hs(exp=int(time.time()) - 1))
+
+
+def test_verifier_expired_at_given_now_refused() -> None:
+    tok = _hs(exp=int(time.time()) + 60)
+    HS.verify(tok, now=time.time())
+    with pytest.raises(AuthError, match="expired"):
+        HS.verify(tok, now=time.time() + 61)
+
+
+def test_verifier_tolerates_small_clock_skew_on_iat_and_nbf() -> None:
+    """A token minted on a machine whose clock is a little ahead has iat/nbf slightly in the future."""
+    now = int(time.time())
+    assert HS.verify(_hs(iat=now + 2)).subject == "alice"
+    assert HS.verify(_hs(nbf=now + 2)).subject == "alice"
+    with pytest.raises(AuthError):
+        HS.verify(_hs(nbf=now + 120))
+
+
+def test_verifier_exp_is_strict_despite_skew_tolerance() -> None:
+    with pytest.raises(AuthError, match="expired"):
+        HS.verify(_hs(exp=int(time.time()) - 1))
+    tok = _hs(exp=int(time.time()) + 60)
+    with pytest.raises(AuthError, match="expired"):
+        HS.verify(tok, now=time.time() + 60)
+
+
+def test_verifier_missing_exp_refused() -> None:
+    with pytest.raises(AuthError):
+        HS.verify(_hs(exp=None))
+
+
+@pytest.mark.parametrize("keys", [None, "tenant:1:*", [], [""], [1], ["*"] * (MAX_PATTERNS + 1)])
+def test_verifier_missing_or_bad_keys_claim_refused(keys: Any) -> None:
+    claims = _claims()
+    if keys is None:
+        del claims["fw_keys"]
+    else:
+        claims["fw_keys"] = keys
+    tok = jwt.encode(claims, SECRET, algorithm="HS256")
+    if keys == []:
+        assert HS.verify(tok).patterns == ()  # an empty list is valid: the token allows no keys
+        return
+    with pytest.raises(AuthError, match="fw_keys"):
+        HS.verify(tok)
+
+
+def test_verifier_custom_keys_claim() -> None:
+    verifier = Verifier(GatewaySettings(jwt_secret=SECRET, jwt_keys_claim="scopes"))
+    assert verifier.verify(mint(SECRET, "s", ["x:*"], 60, claim="scopes")).patterns == ("x:*",)
+    with pytest.raises(AuthError, match="scopes"):
+        verifier.verify(mint(SECRET, "s", ["x:*"], 60))
+
+
+def test_verifier_alg_none_refused() -> None:
+    tok = jwt.encode(_claims(), None, algorithm="none")
+    with pytest.raises(AuthError, match="not accepted"):
+        HS.verify(tok)
+    with pytest.raises(AuthError, match="not accepted"):
+        HS.verify(_handmade({"alg": "none", "typ": "JWT"}, _claims(), None))
+
+
+@pytest.mark.parametrize("alg", ["HS384", "HS512", "RS512", "ES256", "None", "NONE"])
+def test_verifier_other_algorithms_refused(alg: str) -> None:
+    with pytest.raises(AuthError, match="not accepted"):
+        HS.verify(_handmade({"alg": alg, "typ": "JWT"}, _claims(), SECRET.encode()))
+
+
+def test_verifier_rs256_token_refused_without_rs_keys() -> None:
+    with pytest.raises(AuthError, match="not accepted"):
+        HS.verify(_rs())
+
+
+# -- RS256
+
+
+def test_verifier_rs256_pem_file(pem_file: str) -> None:
+    verifier = Verifier(GatewaySettings(jwt_public_key_file=pem_file))
+    assert verifier.verify(_rs()).patterns == ("tenant:1:*",)
+
+
+def test_verifier_rs256_jwks_file(jwks_file: str) -> None:
+    verifier = Verifier(GatewaySettings(jwks_file=jwks_file))
+    assert verifier.verify(_rs(kid="k1")).subject == "alice"
+    assert verifier.verify(_rs()).subject == "alice"  # no kid: every key is tried
+
+
+def test_verifier_rs256_wrong_key_refused(pem_file: str, jwks_file: str) -> None:
+    for settings in (GatewaySettings(jwt_public_key_file=pem_file), GatewaySettings(jwks_file=jwks_file)):
+        with pytest.raises(AuthError, match="bad signature"):
+            Verifier(settings).verify(_rs(OTHER_RSA_KEY))
+
+
+def test_verifier_rs256_expired_refused(pem_file: str) -> None:
+    with pytest.raises(AuthError, match="expired"):
+        Verifier(GatewaySettings(jwt_public_key_file=pem_file)).verify(_rs(exp=int(time.time()) - 5))
+
+
+def test_verifier_rs_only_refuses_hs256_signed_with_the_public_key(pem_file: str) -> None:
+    """Algorithm confusion: an HS256 token whose HMAC secret is the (public) PEM must not pass."""
+    tok = _handmade({"alg": "HS256", "typ": "JWT"}, _claims(), _pem(RSA_KEY).encode())
+    with pytest.raises(AuthError, match="not accepted"):
+        Verifier(GatewaySettings(jwt_public_key_file=pem_file)).verify(tok)
+
+
+def test_verifier_both_hs_and_rs(pem_file: str) -> None:
+    verifier = Verifier(GatewaySettings(jwt_secret=SECRET, jwt_public_key_file=pem_file))
+    assert verifier.verify(_hs()).subject == "alice"
+    assert verifier.verify(_rs()).subject == "alice"
+    tok = _handmade({"alg": "HS256", "typ": "JWT"}, _claims(), _pem(RSA_KEY).encode())
+    with pytest.raises(AuthError, match="bad signature"):
+        verifier.verify(tok)
+
+
+# -- patterns
+
+
+@pytest.mark.parametrize(("patterns", "key", "allowed"), [
+    (["tenant:1:*"], "tenant:1:x", True),
+    (["tenant:1:*"], "tenant:1:", True),
+    (["tenant:1:*"], "tenant:10:x", False),
+    (["tenant:1:*"], "tenant:1", False),
+    (["tenant:1*"], "tenant:10:x", True),        # no separator before `*`: a plain prefix
+    (["card:7"], "card:7", True),
+    (["card:7"], "card:70", False),
+    (["card:7"], "card:", False),
+    (["*"], "anything/at:all", True),
+    (["a*b"], "axb", False),                     # `*` only counts at the end
+    (["a*b"], "a*b", True),
+    (["x", "tenant:2:*"], "tenant:2:y", True),
+    ([], "a", False),
+])
+def test_grant_allows_patterns(patterns: list[str], key: str, allowed: bool) -> None:
+    assert Grant("s", tuple(patterns), 0.0).allows(key) is allowed
