@@ -13,15 +13,15 @@ from cdc.errors import SettingsError
 
 @dataclass(frozen=True)
 class Settings:
-    kafka_bootstrap: str = "127.0.0.1:59092"
+    kafka_bootstrap: str = "127.0.0.1:19092"
     cdc_topic: str = "freshwire.cdc"
     cdc_group: str = "freshwire-cdc"
     ops_topic: str = "freshwire.invalidations"
     dlq_topic: str = "freshwire.dlq"
-    redis_url: str = "redis://127.0.0.1:56379/0"
+    redis_url: str = "redis://127.0.0.1:16379/0"
     rules: str = ""
     cdc_metrics_host: str = "127.0.0.1"
-    cdc_metrics_port: int = 59108
+    cdc_metrics_port: int = 19108
     cdc_max_records: int = 2000
     cdc_poll_timeout_ms: int = 20
     cdc_retry_max_s: float = 5.0

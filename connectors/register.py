@@ -1,7 +1,7 @@
 """Register the Debezium connector through Connect's REST API (an idempotent PUT) and wait until
 it streams: connector and task RUNNING and the replication slot active.
 
-    python -m connectors.register --connect http://127.0.0.1:58083 --pg-host 127.0.0.1 --pg-port 55432
+    python -m connectors.register --connect http://127.0.0.1:18083 --pg-host 127.0.0.1 --pg-port 15432
 """
 
 from __future__ import annotations
@@ -95,9 +95,9 @@ def register(connect_url: str, pg_host: str, pg_port: int, pg_dsn: str | None = 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--connect", default="http://127.0.0.1:58083")
+    parser.add_argument("--connect", default="http://127.0.0.1:18083")
     parser.add_argument("--pg-host", default="127.0.0.1")
-    parser.add_argument("--pg-port", type=int, default=55432)
+    parser.add_argument("--pg-port", type=int, default=15432)
     parser.add_argument("--pg-dsn", default=None, help="if given, also wait for the slot to be active")
     args = parser.parse_args()
     register(args.connect, args.pg_host, args.pg_port, args.pg_dsn)

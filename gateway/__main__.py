@@ -17,7 +17,7 @@ from gateway.settings import GatewaySettings, load_gateway_settings
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gateway", description="Freshwire's WebSocket gateway.")
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=58080)
+    parser.add_argument("--port", type=int, default=18080)
     for f in fields(GatewaySettings):
         parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None,
                             help=f"env FRESHWIRE_{f.name.upper()} (default {f.default!r})")

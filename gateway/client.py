@@ -4,7 +4,7 @@ It reconnects by itself (exponential back-off with full jitter, a fresh token fr
 given) and resumes exactly: on every reconnect it subscribes again with `since` set to the newest
 version it has seen of each key, so the gateway (any gateway) sends exactly what was missed.
 
-    async with Client("ws://127.0.0.1:58080/ws", token=token) as client:
+    async with Client("ws://127.0.0.1:18080/ws", token=token) as client:
         await client.subscribe(["card:1"])
         async for batch in client:          # {"card:1": "00000000019d0138"}
             ...

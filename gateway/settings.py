@@ -11,7 +11,7 @@ from gateway.errors import SettingsError
 
 @dataclass(frozen=True)
 class GatewaySettings:
-    redis_url: str = "redis://127.0.0.1:56379/0"   # or memory:// for one process without Redis
+    redis_url: str = "redis://127.0.0.1:16379/0"   # or memory:// for one process without Redis
     jwt_secret: str = ""                            # HS256 shared secret
     jwt_public_key_file: str = ""                   # RS256 public key (PEM)
     jwks_file: str = ""                             # RS256 keys as a JWKS document on disk

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 from collections.abc import Callable
 
@@ -110,3 +111,32 @@ async def subscribe_settled(c: Client, keys: list[str]) -> None:
     """Subscribe, then wait until the setup writes are visible for every key, and start quiet."""
     await c.subscribe(keys)
     await settle(c, {k: floors[k] for k in keys if k in floors})
+
+
+class CardWriter(threading.Thread):
+    """Commits `limit` one-row transactions round-robin over `cards` until stopped, remembering for
+    each card the WAL window (inside its last transaction, after its commit) read from the database."""
+
+    def __init__(self, s: StackSettings, cards: list[int], limit: int) -> None:
+        super().__init__(name="card-writer")
+        self.s, self.cards, self.limit = s, cards, limit
+        self.stop = threading.Event()
+        self.last: dict[int, tuple[str, str]] = {}
+        self.counts: dict[int, int] = dict.fromkeys(cards, 0)
+
+    def run(self) -> None:
+        n = 0
+        while not self.stop.is_set() and n < self.limit:
+            card = self.cards[n % len(self.cards)]
+            _tx, inside, after = write(self.s, "UPDATE cards SET version = version + 1 WHERE id = %s", (card,))
+            self.last[card] = (inside, after)
+            self.counts[card] += 1
+            n += 1
+
+    def finish(self) -> None:
+        self.stop.set()
+        self.join()
+
+    def reached_by(self, c: Client) -> bool:
+        """Every card at a version inside its last transaction's window: nothing lost."""
+        return all(low < (c.versions.get(f"card:{card}") or "") <= high for card, (low, high) in self.last.items())

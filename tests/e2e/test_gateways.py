@@ -16,6 +16,7 @@ from connectors import procs, services
 from connectors.stack_settings import StackSettings
 from gateway.client import Client
 from tests.e2e.helpers import (
+    CardWriter,
     assert_in_order_once,
     client,
     floors,
@@ -68,23 +69,13 @@ async def test_e2e_redis_restart_mid_stream_loses_nothing(stack_settings: StackS
     board = new_board(s)
     cards = [new_card(s, board) for _ in range(4)]
     keys = [f"card:{c}" for c in cards]
-    last: dict[int, tuple[str, str]] = {}
-    stop = threading.Event()
-
-    def writer() -> None:
-        n = 0
-        while not stop.is_set() and n < 300:
-            card = cards[n % len(cards)]
-            _tx, inside, after = write(s, "UPDATE cards SET version = version + 1 WHERE id = %s", (card,))
-            last[card] = (inside, after)
-            n += 1
+    writer = CardWriter(s, cards, limit=300)
 
     async with client(s, ["card:*"], port=s.gateway_port) as c1, client(s, ["card:*"], port=s.gateway2_port) as c2:
         for c in (c1, c2):
             await c.subscribe(keys)
             await settle(c, {k: floors[k] for k in keys})
-        thread = threading.Thread(target=writer)
-        thread.start()
+        writer.start()
         try:
             await asyncio.sleep(0.5)
             pid = procs.recorded_pid(s.pids_dir, "redis")
@@ -96,11 +87,10 @@ async def test_e2e_redis_restart_mid_stream_loses_nothing(stack_settings: StackS
             procs.wait_ready(proc)
             await asyncio.sleep(0.5)
         finally:
-            stop.set()
-            thread.join()
+            writer.finish()
         for c in (c1, c2):
-            await until(lambda c=c: all(last[i][0] < (c.versions.get(f"card:{i}") or "") <= last[i][1]  # type: ignore[misc]
-                                        for i in cards), timeout_s=60, what="latest versions after a Redis restart")
+            await until(lambda c=c: writer.reached_by(c), timeout_s=60,  # type: ignore[misc]
+                        what="latest versions after a Redis restart")
             assert_in_order_once(c.received)
     await until(lambda: _ready(s.gateway_url) and _ready(f"http://{s.host}:{s.gateway2_port}"),
                 what="gateways ready again")
@@ -166,10 +156,10 @@ async def test_e2e_client_that_stops_reading_stays_bounded_then_catches_up(stack
 
         final: dict[str, str] = {}
         seen: list[tuple[str, str]] = []
-        floors = {f"card:{c}": version_of_lsn(lsn_of_text(after)) for c, (_, after) in last.items()}
+        ceilings = {f"card:{c}": version_of_lsn(lsn_of_text(after)) for c, (_, after) in last.items()}
 
         def caught_up() -> bool:
-            return all(final.get(k, "") <= f and final.get(k, "") != "" for k, f in floors.items())
+            return all("" < final.get(k, "") <= f for k, f in ceilings.items())
 
         deadline = asyncio.get_running_loop().time() + 60
         while asyncio.get_running_loop().time() < deadline:

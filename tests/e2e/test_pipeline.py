@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 
 import psycopg
 import pytest
@@ -13,6 +12,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from cdc.versions import lsn_of_text, version_of_lsn
 from connectors.stack_settings import StackSettings
 from tests.e2e.helpers import (
+    CardWriter,
     assert_in_order_once,
     client,
     connect,
@@ -120,21 +120,8 @@ async def test_e2e_consumer_killed_mid_stream_loses_and_repeats_nothing(stack_se
     cards = [new_card(s, board) for _ in range(5)]
     async with client(s, ["card:*"]) as c:
         await subscribe_settled(c, [f"card:{i}" for i in cards])
-        stop = threading.Event()
-        counts: dict[int, int] = {i: 0 for i in cards}
-        last: dict[int, tuple[str, str]] = {}
-
-        def writer() -> None:
-            n = 0
-            while not stop.is_set() and n < 400:
-                card = cards[n % len(cards)]
-                _tx, inside, after = write(s, "UPDATE cards SET version = version + 1 WHERE id = %s", (card,))
-                last[card] = (inside, after)
-                counts[card] += 1
-                n += 1
-
-        thread = threading.Thread(target=writer)
-        thread.start()
+        writer = CardWriter(s, cards, limit=400)
+        writer.start()
         await asyncio.sleep(0.5)
         pid = procs.recorded_pid(s.pids_dir, "cdc")
         assert pid is not None
@@ -144,21 +131,15 @@ async def test_e2e_consumer_killed_mid_stream_loses_and_repeats_nothing(stack_se
         procs.start(proc, s.pids_dir)
         procs.wait_ready(proc)
         await asyncio.sleep(0.5)
-        stop.set()
-        thread.join()
-        # Each card's last transaction committed between two WAL positions read from the database
-        # itself; the client must end at a version inside that window: nothing lost.
-        def settled() -> bool:
-            return all(last[i][0] < (c.versions.get(f"card:{i}") or "") <= last[i][1] for i in cards)
-
-        await until(settled, timeout_s=60, what="every card at its last transaction's version")
+        writer.finish()
+        await until(lambda: writer.reached_by(c), timeout_s=60, what="every card at its last transaction's version")
         assert_in_order_once(c.received)
         per_key: dict[str, int] = {}
         for key, _v in c.received:
             per_key[key] = per_key.get(key, 0) + 1
         # Coalescing may merge versions, never add them: at most one delivery per transaction.
         for card in cards:
-            assert per_key.get(f"card:{card}", 0) <= counts[card]
+            assert per_key.get(f"card:{card}", 0) <= writer.counts[card]
 
 
 def test_e2e_malformed_record_goes_to_dlq_and_pipeline_continues(stack_settings: StackSettings) -> None:

@@ -13,7 +13,7 @@ def test_readme_snippet_prints_the_invalidation(stack_settings: StackSettings) -
     snippet = re.search(r"```python\n(.*?)```", (REPO / "README.md").read_text(), re.S)
     assert snippet is not None
     code = snippet.group(1)
-    code = code.replace("58080", str(stack_settings.gateway_port)).replace("55432", str(stack_settings.pg_port))
+    code = code.replace("18080", str(stack_settings.gateway_port)).replace("15432", str(stack_settings.pg_port))
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     lines = [line for line in out.stdout.splitlines() if line.startswith("{")]

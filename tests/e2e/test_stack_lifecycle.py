@@ -21,14 +21,14 @@ def test_stack_ctrl_c_stops_every_process_it_started(tmp_path: Path) -> None:
     env = {
         **os.environ,
         "FRESHWIRE_STATE_DIR": str(state),
-        "FRESHWIRE_PG_PORT": str(55432 + PORT_OFFSET),
-        "FRESHWIRE_REDIS_PORT": str(56379 + PORT_OFFSET),
-        "FRESHWIRE_KAFKA_PORT": str(59092 + PORT_OFFSET),
-        "FRESHWIRE_KAFKA_CONTROLLER_PORT": str(59093 + PORT_OFFSET),
-        "FRESHWIRE_CONNECT_PORT": str(58083 + PORT_OFFSET),
-        "FRESHWIRE_GATEWAY_PORT": str(58080 + PORT_OFFSET),
-        "FRESHWIRE_GATEWAY2_PORT": str(58081 + PORT_OFFSET),
-        "FRESHWIRE_CDC_METRICS_PORT": str(59108 + PORT_OFFSET),
+        "FRESHWIRE_PG_PORT": str(15432 + PORT_OFFSET),
+        "FRESHWIRE_REDIS_PORT": str(16379 + PORT_OFFSET),
+        "FRESHWIRE_KAFKA_PORT": str(19092 + PORT_OFFSET),
+        "FRESHWIRE_KAFKA_CONTROLLER_PORT": str(19093 + PORT_OFFSET),
+        "FRESHWIRE_CONNECT_PORT": str(18083 + PORT_OFFSET),
+        "FRESHWIRE_GATEWAY_PORT": str(18080 + PORT_OFFSET),
+        "FRESHWIRE_GATEWAY2_PORT": str(18081 + PORT_OFFSET),
+        "FRESHWIRE_CDC_METRICS_PORT": str(19108 + PORT_OFFSET),
     }
     orchestrator = subprocess.Popen([sys.executable, "-m", "connectors.stack", "up"], cwd=REPO, env=env,
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
