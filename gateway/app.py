@@ -55,7 +55,10 @@ async def pump(state: GatewayState) -> None:
                 if not isinstance(event, Published):
                     await resync(state)
                     continue
+                before = state.hub.watermark
                 delivered = state.hub.deliver(event)
+                if state.hub.watermark != before:
+                    state.watermark_moved_at = time.monotonic()
                 state.metrics.deliveries.inc(delivered)
         except asyncio.CancelledError:
             raise
@@ -113,12 +116,17 @@ async def healthz(_request: Request) -> Response:
 
 async def readyz(request: Request) -> Response:
     state: GatewayState = request.app.state.fw
-    ready = state.backend.healthy and state.pump_alive
+    stall = time.monotonic() - state.watermark_moved_at
+    limit = state.settings.max_stream_stall_s
+    stream_ok = limit <= 0 or stall <= limit
+    ready = state.backend.healthy and state.pump_alive and stream_ok
     body = {
         "status": "ready" if ready else "not ready",
         "backend": "ok" if state.backend.healthy else "unreachable",
         "pump": "running" if state.pump_alive else f"crashed: {state.pump_error}",
+        "stream": "moving" if stream_ok else f"watermark still for {stall:.0f}s (limit {limit:g}s)",
         "watermark": state.hub.watermark,
+        "watermark_age_s": round(stall, 3),
         "connections": len(state.hub.sessions),
     }
     return JSONResponse(body, status_code=200 if ready else 503)

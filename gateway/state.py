@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from gateway.auth import Verifier
@@ -20,3 +21,4 @@ class GatewayState:
     metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
     pump_alive: bool = False
     pump_error: str | None = None
+    watermark_moved_at: float = field(default_factory=time.monotonic)  # start counts as a move

@@ -97,8 +97,18 @@ def test_readyz_200_when_ready(gw: Gateway) -> None:
     gw.wait(lambda: gw.state.hub.watermark == ver(9))
     r = gw.client.get("/readyz")
     assert r.status_code == 200
-    assert r.json() == {"status": "ready", "backend": "ok", "pump": "running", "watermark": ver(9),
-                        "connections": 0}
+    body = r.json()
+    assert body.pop("watermark_age_s") < 5
+    assert body == {"status": "ready", "backend": "ok", "pump": "running", "stream": "moving",
+                    "watermark": ver(9), "connections": 0}
+
+
+def test_readyz_503_when_the_stream_stalls(gw: Gateway) -> None:
+    """A watermark that stopped moving (Debezium heartbeats move it every second) fails readiness."""
+    gw.state.watermark_moved_at -= 3600
+    r = gw.client.get("/readyz")
+    assert r.status_code == 503
+    assert r.json()["stream"].startswith("watermark still for")
 
 
 def test_readyz_503_when_backend_unhealthy(gw: Gateway) -> None:
