@@ -19,6 +19,7 @@ from pathlib import Path
 
 READY_POLL_S = 0.2
 LOG_TAIL_LINES = 40
+KILL_WAIT_S = 10.0  # after SIGKILL; a process stuck in the kernel longer than this is reported as stopped
 
 
 class StartError(RuntimeError):
@@ -152,7 +153,8 @@ def stop(name: str, pids_dir: Path, timeout_s: float = 30.0) -> bool:
         _reap(pid)
         time.sleep(0.1)
     os.kill(pid, signal.SIGKILL)
-    while alive(pid):
+    deadline = time.monotonic() + KILL_WAIT_S
+    while alive(pid) and time.monotonic() < deadline:
         _reap(pid)
         time.sleep(0.05)
     _reap(pid)

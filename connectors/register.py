@@ -18,7 +18,11 @@ CONFIG_FILE = Path(__file__).with_name("freshwire-postgres.json")
 
 
 class RegisterError(RuntimeError):
-    """Connect refused the config or the connector did not reach RUNNING."""
+    """Connect refused the config or the connector did not reach RUNNING; `status` is the HTTP status."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def connector_config(pg_host: str, pg_port: int, overrides: dict[str, str] | None = None) -> tuple[str, dict[str, str]]:
@@ -37,7 +41,7 @@ def _request(method: str, url: str, body: Any = None) -> Any:
         with urllib.request.urlopen(req, timeout=10) as r:
             return json.load(r)
     except urllib.error.HTTPError as e:
-        raise RegisterError(f"{method} {url}: {e.code} {e.read().decode(errors='replace')}") from None
+        raise RegisterError(f"{method} {url}: {e.code} {e.read().decode(errors='replace')}", e.code) from None
 
 
 PUT_ATTEMPTS = 30
@@ -50,7 +54,7 @@ def put_config(connect_url: str, name: str, config: dict[str, str]) -> None:
             _request("PUT", f"{connect_url}/connectors/{name}/config", config)
             return
         except (RegisterError, OSError) as exc:
-            retriable = isinstance(exc, OSError) or " 409 " in str(exc) or " 503 " in str(exc)
+            retriable = isinstance(exc, OSError) or exc.status in (409, 503)
             if not retriable or attempt == PUT_ATTEMPTS - 1:
                 raise
             time.sleep(1.0)

@@ -20,7 +20,7 @@ from starlette.routing import Route, WebSocketRoute
 from cdc.redis_layout import Published
 from gateway import errors as E
 from gateway import protocol
-from gateway.auth import Verifier
+from gateway.auth import Verifier, token_from
 from gateway.backend import Backend, BackendUnavailable, backend_for
 from gateway.errors import AuthError
 from gateway.settings import GatewaySettings, load_gateway_settings
@@ -41,9 +41,7 @@ async def resync(state: GatewayState) -> None:
         for key, version in versions.items():
             if version is not None:
                 state.hub.offer(key, version, 0)
-    wm = await state.backend.watermark()
-    if wm is not None and (state.hub.watermark is None or wm > state.hub.watermark):
-        state.hub.watermark = wm
+    state.advance_watermark(await state.backend.watermark())
 
 
 async def pump(state: GatewayState) -> None:
@@ -55,11 +53,8 @@ async def pump(state: GatewayState) -> None:
                 if not isinstance(event, Published):
                     await resync(state)
                     continue
-                before = state.hub.watermark
-                delivered = state.hub.deliver(event)
-                if state.hub.watermark != before:
-                    state.watermark_moved_at = time.monotonic()
-                state.metrics.deliveries.inc(delivered)
+                state.hub.deliver(event)
+                state.advance_watermark(event.watermark)
         except asyncio.CancelledError:
             raise
         except BackendUnavailable as exc:
@@ -71,14 +66,6 @@ async def pump(state: GatewayState) -> None:
         await asyncio.sleep(PUMP_RESTART_S)
 
 
-def _token(request: Request) -> str | None:
-    token = request.query_params.get("token")
-    if token:
-        return token
-    header = request.headers.get("authorization", "")
-    return header[7:].strip() if header.lower().startswith("bearer ") else None
-
-
 def _err(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message, **extra}}, status_code=status)
 
@@ -86,7 +73,7 @@ def _err(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
 async def versions(request: Request) -> Response:
     state: GatewayState = request.app.state.fw
     try:
-        grant = state.verifier.verify(_token(request))
+        grant = state.verifier.verify(token_from(request))
     except AuthError as exc:
         return _err(401, "auth_failed", exc.reason)
     raw = request.query_params.get("keys", "")
@@ -134,8 +121,6 @@ async def readyz(request: Request) -> Response:
 
 async def metrics(request: Request) -> Response:
     state: GatewayState = request.app.state.fw
-    state.metrics.subscriptions.set(state.hub.subscriptions)
-    state.metrics.queue_depth.set(sum(s.depth for s in state.hub.sessions))
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import jwt
+from starlette.requests import HTTPConnection
 
 from gateway.errors import AuthError
 from gateway.settings import GatewaySettings
@@ -19,6 +20,15 @@ from gateway.settings import GatewaySettings
 MAX_TOKEN_BYTES = 8192
 MAX_PATTERNS = 256
 CLOCK_SKEW_S = 5  # iat / nbf may be this far in the future (issuer's clock ahead); exp is checked strictly below
+
+
+def token_from(conn: HTTPConnection) -> str | None:
+    """The `token` query parameter (browsers cannot set headers on WebSockets), else a Bearer header."""
+    token = conn.query_params.get("token")
+    if token:
+        return token
+    header = conn.headers.get("authorization", "")
+    return header[7:].strip() if header.lower().startswith("bearer ") else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,11 +24,12 @@ from typing import Any, Literal
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
+from gateway.errors import CLOSE_AUTH
+from gateway.protocol import SUBPROTOCOL
+
 log = logging.getLogger(__name__)
 
 State = Literal["connecting", "open", "reconnecting", "closed"]
-SUBPROTOCOL = "freshwire.v1"
-CLOSE_AUTH = 4001
 QUEUE_BOUND = 10_000
 
 

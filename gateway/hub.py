@@ -18,6 +18,7 @@ class Hub:
         self.sessions: set[Session] = set()
         self.watermark: str | None = None
         self.deliveries = 0
+        self._coalesced_closed = 0  # coalescing done for connections that have since closed
 
     def register(self, session: Session) -> None:
         self.sessions.add(session)
@@ -36,7 +37,20 @@ class Hub:
 
     def drop(self, session: Session) -> None:
         self.remove(session, list(session.known))
-        self.sessions.discard(session)
+        if session in self.sessions:
+            self.sessions.discard(session)
+            self._coalesced_closed += session.coalesced
+
+    @property
+    def coalesced(self) -> int:
+        return self._coalesced_closed + sum(s.coalesced for s in self.sessions)
+
+    def advance_watermark(self, watermark: str | None) -> bool:
+        """Move the watermark forward only; True if it moved."""
+        if watermark is None or (self.watermark is not None and watermark <= self.watermark):
+            return False
+        self.watermark = watermark
+        return True
 
     @property
     def subscriptions(self) -> int:
@@ -52,8 +66,6 @@ class Hub:
 
     def deliver(self, event: Published) -> int:
         """Hand one released batch to every subscriber; returns the number of (connection, key) deliveries."""
-        if self.watermark is None or event.watermark > self.watermark:
-            self.watermark = event.watermark
         delivered = 0
         for key in event.keys:
             delivered += self.offer(key, event.version, event.commit_ts_ms)

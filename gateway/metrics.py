@@ -1,24 +1,45 @@
-"""The gateway's Prometheus metrics (one registry per app instance)."""
+"""The gateway's Prometheus metrics (one registry per app instance).
+
+Connection, subscription, delivery, coalescing and queue figures are read from the hub at scrape
+time, so there is one source of truth and nothing to keep in step on the fan-out path.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from gateway.hub import Hub
 
 LAG_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
+class _HubCollector(Collector):
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    def collect(self) -> Iterator[Metric]:
+        hub = self.hub
+        yield GaugeMetricFamily("freshwire_gateway_connections", "open WebSocket connections",
+                                value=len(hub.sessions))
+        yield GaugeMetricFamily("freshwire_gateway_subscriptions", "(connection, key) subscriptions",
+                                value=hub.subscriptions)
+        yield GaugeMetricFamily("freshwire_gateway_queue_depth", "frames waiting in all connection queues",
+                                value=sum(s.depth for s in hub.sessions))
+        yield CounterMetricFamily("freshwire_gateway_deliveries", "(connection, key) invalidations queued",
+                                  value=hub.deliveries)
+        yield CounterMetricFamily("freshwire_gateway_coalesced",
+                                  "pending invalidations replaced by a newer version before being sent",
+                                  value=hub.coalesced)
+
+
 class GatewayMetrics:
-    def __init__(self) -> None:
+    def __init__(self, hub: Hub) -> None:
         self.registry = r = CollectorRegistry()
-        self.connections = Gauge("freshwire_gateway_connections", "open WebSocket connections", registry=r)
-        self.subscriptions = Gauge("freshwire_gateway_subscriptions", "(connection, key) subscriptions",
-                                   registry=r)
-        self.deliveries = Counter("freshwire_gateway_deliveries_total", "(connection, key) invalidations queued",
-                                  registry=r)
-        self.coalesced = Counter("freshwire_gateway_coalesced_total",
-                                 "pending invalidations replaced by a newer version before being sent", registry=r)
-        self.queue_depth = Gauge("freshwire_gateway_queue_depth", "frames waiting in all connection queues",
-                                 registry=r)
+        r.register(_HubCollector(hub))
         self.errors = Counter("freshwire_gateway_errors_total", "errors sent to clients, by code", ["code"],
                               registry=r)
         self.closes = Counter("freshwire_gateway_closes_total", "connections closed by the server, by code",

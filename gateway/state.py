@@ -18,7 +18,14 @@ class GatewayState:
     verifier: Verifier
     backend: Backend
     hub: Hub = field(default_factory=Hub)
-    metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
+    metrics: GatewayMetrics = field(init=False)
     pump_alive: bool = False
     pump_error: str | None = None
     watermark_moved_at: float = field(default_factory=time.monotonic)  # start counts as a move
+
+    def __post_init__(self) -> None:
+        self.metrics = GatewayMetrics(self.hub)
+
+    def advance_watermark(self, watermark: str | None) -> None:
+        if self.hub.advance_watermark(watermark):
+            self.watermark_moved_at = time.monotonic()

@@ -12,7 +12,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from gateway import errors as E
 from gateway import protocol
-from gateway.auth import Grant
+from gateway.auth import Grant, token_from
 from gateway.backend import BackendUnavailable
 from gateway.errors import AuthError, ProtocolError
 from gateway.session import ControlOverflow, Session, TokenBucket
@@ -20,14 +20,6 @@ from gateway.state import GatewayState
 
 log = logging.getLogger(__name__)
 _ids = itertools.count(1)
-
-
-def token_of(ws: WebSocket) -> str | None:
-    token = ws.query_params.get("token")
-    if token:
-        return token
-    header = ws.headers.get("authorization", "")
-    return header[7:].strip() if header.lower().startswith("bearer ") else None
 
 
 async def _close(ws: WebSocket, state: GatewayState, code: int, reason: str) -> None:
@@ -41,7 +33,7 @@ async def endpoint(ws: WebSocket) -> None:
     offered = ws.scope.get("subprotocols") or []
     await ws.accept(subprotocol=protocol.SUBPROTOCOL if protocol.SUBPROTOCOL in offered else None)
     try:
-        grant = state.verifier.verify(token_of(ws))
+        grant = state.verifier.verify(token_from(ws))
     except AuthError as exc:
         await _close(ws, state, E.CLOSE_AUTH, exc.reason)
         return
@@ -51,14 +43,12 @@ async def endpoint(ws: WebSocket) -> None:
     wake = asyncio.Event()
     session = Session(f"c{next(_ids)}", state.settings.control_queue, wake.set)
     state.hub.register(session)
-    state.metrics.connections.inc()
     log.info("[%s] open sub=%s", session.conn_id, grant.subject)
     conn = Connection(ws, state, session, wake, grant)
     try:
         await conn.run()
     finally:
         state.hub.drop(session)
-        state.metrics.connections.dec()
         log.info("[%s] closed", session.conn_id)
 
 
