@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from cdc.model import Batch, Heartbeat, Record, RowChange, Tombstone, TxBegin, TxEnd
+from cdc.model import Batch, Heartbeat, LogicalMessage, Record, RowChange, Tombstone, TxBegin, TxEnd
 from cdc.rules import Invalidation, Rules
 from cdc.versions import version_of_lsn
 
@@ -64,7 +64,11 @@ class Assembler:
             return self._change(record, offset)
         if isinstance(record, TxEnd):
             return self._end(record, offset)
-        if isinstance(record, (Heartbeat, Tombstone)) and self._open is None:
+        if isinstance(record, LogicalMessage) and record.tx_id is not None:
+            if self._open is None or self._open.tx_id != record.tx_id:
+                self._open = _OpenTx(record.tx_id, offset)
+            return None
+        if isinstance(record, (Heartbeat, Tombstone, LogicalMessage)) and self._open is None:
             self.safe_offset = offset + 1
         return None
 

@@ -10,7 +10,7 @@ import json
 from typing import Any, cast
 
 from cdc.errors import DecodeError
-from cdc.model import Heartbeat, Op, Record, Row, RowChange, Tombstone, TxBegin, TxEnd
+from cdc.model import Heartbeat, LogicalMessage, Op, Record, Row, RowChange, Tombstone, TxBegin, TxEnd
 from cdc.versions import MAX_LSN
 
 OPS: frozenset[str] = frozenset({"c", "u", "d", "r", "t"})
@@ -91,6 +91,16 @@ def _change(key: Any, value: dict[str, Any]) -> RowChange:
     )
 
 
+def _message(value: dict[str, Any]) -> LogicalMessage:
+    message = value.get("message")
+    tx = value.get("transaction")
+    if not isinstance(message, dict) or not isinstance(message.get("prefix"), str):
+        raise DecodeError("bad_field", "op m without message.prefix")
+    if tx is not None and not isinstance(tx, dict):
+        raise DecodeError("bad_transaction", "transaction must be an object or null")
+    return LogicalMessage(tx_id=None if tx is None else _split_tx_id(tx.get("id"))[0], prefix=message["prefix"])
+
+
 def decode(key: bytes | None, value: bytes | None) -> Record:
     """Decode one Kafka record produced by the Debezium Postgres connector."""
     if value is None:
@@ -103,6 +113,8 @@ def decode(key: bytes | None, value: bytes | None) -> Record:
     decoded_key = _json(key, "key") if key is not None else None
     if body.get("status") in ("BEGIN", "END") and "id" in body:
         return _transaction(body)
+    if body.get("op") == "m":
+        return _message(body)
     if "op" in body:
         return _change(decoded_key, body)
     if set(body) == {"ts_ms"} and isinstance(decoded_key, dict) and "serverName" in decoded_key:

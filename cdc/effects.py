@@ -12,7 +12,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from cdc.errors import DecodeError
 from cdc.model import Batch
-from cdc.redis_layout import PREFIXES, RELEASE_LUA, VERSIONS, WATERMARK, release_args
+from cdc.redis_layout import PREFIXES, RELEASE_LUA, VERSIONS, WATERMARK, release_args, tx_key
 from cdc.versions import is_version
 
 log = logging.getLogger(__name__)
@@ -40,8 +40,9 @@ class RedisRelease:
         try:
             pipe = self._redis.pipeline(transaction=False)
             for b in batches:
-                self._script(keys=[VERSIONS, PREFIXES, WATERMARK],
-                             args=release_args(b.version, b.commit_ts_ms, b.keys, b.prefixes), client=pipe)
+                self._script(keys=[VERSIONS, PREFIXES, WATERMARK, tx_key(b.tx_id)],
+                             args=release_args(b.version, b.commit_ts_ms, b.keys, b.prefixes, b.tx_id),
+                             client=pipe)
             return sum(int(n) for n in pipe.execute())
         except redis.RedisError as exc:
             raise EffectError(f"redis: {exc}") from exc

@@ -49,7 +49,16 @@ class Tombstone:
     """Debezium's delete marker for log compaction: it carries no change of its own."""
 
 
-Record = Heartbeat | TxBegin | TxEnd | RowChange | Tombstone
+@dataclass(frozen=True, slots=True)
+class LogicalMessage:
+    """pg_logical_emit_message() output (op "m"). Transactional ones belong to their transaction:
+    a write token writes one so that its transaction always reaches the stream."""
+
+    tx_id: str | None
+    prefix: str
+
+
+Record = Heartbeat | TxBegin | TxEnd | RowChange | LogicalMessage | Tombstone
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,8 @@ All keys share the hash tag {fw} so the script's keys live in one slot (Redis Cl
 - HASH  {fw}:versions   cache key -> version of the last transaction that invalidated it
 - HASH  {fw}:prefixes   key prefix -> version of the last truncate that invalidated every key under it
 - STR   {fw}:watermark  highest version V such that every transaction up to V has been released
+- STR   {fw}:tx:<xid>   version at which transaction <xid> was released (expires after tx_ttl_s):
+                        what read-your-writes tokens wait for
 - PUBSUB fw:inv         one message per released batch that advanced anything (see encode/decode)
 
 A key's effective version is the greatest of its own version and the versions of the prefixes it
@@ -22,26 +24,30 @@ PREFIXES = "{fw}:prefixes"
 WATERMARK = "{fw}:watermark"
 CHANNEL = "fw:inv"
 
-# KEYS: versions, prefixes, watermark. ARGV: version, channel, commit_ts_ms, n_keys, keys..., prefixes...
+# KEYS: versions, prefixes, watermark, tx marker.
+# ARGV: version, channel, commit_ts_ms, n_keys, tx_id, tx_ttl_s, keys..., prefixes...
 # Advances each key (and prefix) only if the new version is greater, moves the watermark, and
 # publishes what advanced. Atomic: a reader sees either none or all of one batch.
 RELEASE_LUA = """
 local v = ARGV[1]
 local nkeys = tonumber(ARGV[4])
 local keys, prefixes = {}, {}
-for i = 5, 4 + nkeys do
+for i = 7, 6 + nkeys do
   local cur = redis.call('HGET', KEYS[1], ARGV[i])
   if (not cur) or cur < v then
     redis.call('HSET', KEYS[1], ARGV[i], v)
     keys[#keys + 1] = ARGV[i]
   end
 end
-for i = 5 + nkeys, #ARGV do
+for i = 7 + nkeys, #ARGV do
   local cur = redis.call('HGET', KEYS[2], ARGV[i])
   if (not cur) or cur < v then
     redis.call('HSET', KEYS[2], ARGV[i], v)
     prefixes[#prefixes + 1] = ARGV[i]
   end
+end
+if ARGV[5] ~= '' then
+  redis.call('SET', KEYS[4], v, 'EX', tonumber(ARGV[6]))
 end
 local wm = redis.call('GET', KEYS[3])
 local moved = (not wm) or wm < v
@@ -50,7 +56,8 @@ if moved then
   wm = v
 end
 if #keys > 0 or #prefixes > 0 or moved then
-  redis.call('PUBLISH', ARGV[2], cjson.encode({v = v, k = keys, p = prefixes, ts = tonumber(ARGV[3]), wm = wm}))
+  local message = {v = v, k = keys, p = prefixes, ts = tonumber(ARGV[3]), wm = wm, x = ARGV[5]}
+  redis.call('PUBLISH', ARGV[2], cjson.encode(message))
 end
 return #keys
 """
@@ -65,6 +72,7 @@ class Published:
     prefixes: tuple[str, ...]
     commit_ts_ms: int
     watermark: str
+    tx_id: str = ""
 
 
 def _strings(value: Any) -> tuple[str, ...]:
@@ -82,11 +90,20 @@ def decode_published(raw: bytes | str) -> Published:
         prefixes=_strings(body.get("p")),
         commit_ts_ms=int(body.get("ts") or 0),
         watermark=str(body.get("wm") or body["v"]),
+        tx_id=str(body.get("x") or ""),
     )
 
 
-def release_args(version: str, commit_ts_ms: int, keys: tuple[str, ...], prefixes: tuple[str, ...]) -> list[str]:
-    return [version, CHANNEL, str(commit_ts_ms), str(len(keys)), *keys, *prefixes]
+TX_TTL_S = 600
+
+
+def tx_key(tx_id: str) -> str:
+    return f"{{fw}}:tx:{tx_id}"
+
+
+def release_args(version: str, commit_ts_ms: int, keys: tuple[str, ...], prefixes: tuple[str, ...],
+                 tx_id: str = "", tx_ttl_s: int = TX_TTL_S) -> list[str]:
+    return [version, CHANNEL, str(commit_ts_ms), str(len(keys)), tx_id, str(tx_ttl_s), *keys, *prefixes]
 
 
 def effective_version(own: str | None, key: str, prefix_versions: dict[str, str]) -> str | None:

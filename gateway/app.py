@@ -21,10 +21,12 @@ from cdc.redis_layout import Published
 from gateway import errors as E
 from gateway import protocol
 from gateway.auth import Verifier, token_from
+from gateway.awaits import TooManyAwaits
 from gateway.backend import Backend, BackendUnavailable, backend_for
-from gateway.errors import AuthError
+from gateway.errors import AuthError, ProtocolError
 from gateway.settings import GatewaySettings, load_gateway_settings
 from gateway.state import GatewayState
+from gateway.tokens import parse_token
 from gateway.ws import endpoint
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,7 @@ async def resync(state: GatewayState) -> None:
             if version is not None:
                 state.hub.offer(key, version, 0)
     state.advance_watermark(await state.backend.watermark())
+    await state.awaits.recheck(state.backend)
 
 
 async def pump(state: GatewayState) -> None:
@@ -55,6 +58,8 @@ async def pump(state: GatewayState) -> None:
                     continue
                 state.hub.deliver(event)
                 state.advance_watermark(event.watermark)
+                if event.tx_id:
+                    state.awaits.resolve(event.tx_id, event.version)
         except asyncio.CancelledError:
             raise
         except BackendUnavailable as exc:
@@ -95,6 +100,40 @@ async def versions(request: Request) -> Response:
     except BackendUnavailable:
         return _err(503, E.UNAVAILABLE, "version store unavailable, retry")
     return JSONResponse({"versions": current, "watermark": watermark})
+
+
+async def wait(request: Request) -> Response:
+    """Server-side read-your-writes: 200 once the token's transaction is released, 408 on timeout.
+
+    Authenticated by the Authorization header only: `token` is the write token here.
+    """
+    state: GatewayState = request.app.state.fw
+    try:
+        state.verifier.verify(token_from(request, query=False))
+    except AuthError as exc:
+        return _err(401, "auth_failed", exc.reason)
+    token = request.query_params.get("token")
+    try:
+        tx_id = parse_token(token)
+        raw_timeout = request.query_params.get("timeout_ms", "5000")
+        timeout = protocol.timeout_ms(int(raw_timeout) if raw_timeout.isdigit() else -1,
+                                      state.settings.await_max_ms)
+    except ProtocolError as exc:
+        return _err(400, exc.code, exc.message)
+    try:
+        version = await state.awaits.wait(state.backend, tx_id, timeout / 1000)
+    except TooManyAwaits:
+        return _err(503, E.TOO_MANY_AWAITS, "too many pending awaits, retry")
+    except BackendUnavailable:
+        return _err(503, E.UNAVAILABLE, "version store unavailable, retry")
+    if version is None:
+        return _err(408, E.TIMEOUT, f"not released within {timeout} ms")
+    return JSONResponse({"visible": True, "token": token, "version": version})
+
+
+async def watermark(request: Request) -> Response:
+    state: GatewayState = request.app.state.fw
+    return JSONResponse({"watermark": state.hub.watermark})
 
 
 async def healthz(_request: Request) -> Response:
@@ -147,6 +186,8 @@ def create_app(settings: GatewaySettings | None = None, backend: Backend | None 
         routes=[
             WebSocketRoute("/ws", endpoint),
             Route("/v1/versions", versions),
+            Route("/v1/wait", wait),
+            Route("/v1/watermark", watermark),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Route("/metrics", metrics),

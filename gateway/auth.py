@@ -22,9 +22,12 @@ MAX_PATTERNS = 256
 CLOCK_SKEW_S = 5  # iat / nbf may be this far in the future (issuer's clock ahead); exp is checked strictly below
 
 
-def token_from(conn: HTTPConnection) -> str | None:
-    """The `token` query parameter (browsers cannot set headers on WebSockets), else a Bearer header."""
-    token = conn.query_params.get("token")
+def token_from(conn: HTTPConnection, query: bool = True) -> str | None:
+    """The `token` query parameter (browsers cannot set headers on WebSockets), else a Bearer header.
+
+    With `query=False` only the header counts (/v1/wait uses `token` for the write token).
+    """
+    token = conn.query_params.get("token") if query else None
     if token:
         return token
     header = conn.headers.get("authorization", "")

@@ -36,6 +36,10 @@ class Backend(Protocol):
 
     async def watermark(self) -> str | None: ...
 
+    async def tx_version(self, tx_id: str) -> str | None:
+        """The version transaction `tx_id` was released at, if it was (recently: markers expire)."""
+        ...
+
     def events(self) -> AsyncIterator[Event]: ...
 
 

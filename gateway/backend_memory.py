@@ -17,6 +17,7 @@ class MemoryBackend:
         self.versions: dict[str, str] = {}
         self.prefixes: dict[str, str] = {}
         self.wm: str | None = None
+        self.txs: dict[str, str] = {}
         self.healthy = True
         self._queue: asyncio.Queue[Event] = asyncio.Queue(QUEUE_BOUND)
 
@@ -27,19 +28,21 @@ class MemoryBackend:
         self.healthy = False
 
     def release(self, version: str, keys: Sequence[str] = (), prefixes: Sequence[str] = (),
-                commit_ts_ms: int = 0) -> Published | None:
+                commit_ts_ms: int = 0, tx_id: str = "") -> Published | None:
         advanced = [k for k in dict.fromkeys(keys) if self.versions.get(k, "") < version]
         for k in advanced:
             self.versions[k] = version
         advanced_p = [p for p in dict.fromkeys(prefixes) if self.prefixes.get(p, "") < version]
         for p in advanced_p:
             self.prefixes[p] = version
+        if tx_id:
+            self.txs[tx_id] = version
         moved = self.wm is None or self.wm < version
         if moved:
             self.wm = version
         if not (advanced or advanced_p or moved):
             return None
-        event = Published(version, tuple(advanced), tuple(advanced_p), commit_ts_ms, self.wm or version)
+        event = Published(version, tuple(advanced), tuple(advanced_p), commit_ts_ms, self.wm or version, tx_id)
         self._queue.put_nowait(event)
         return event
 
@@ -52,6 +55,9 @@ class MemoryBackend:
 
     async def watermark(self) -> str | None:
         return self.wm
+
+    async def tx_version(self, tx_id: str) -> str | None:
+        return self.txs.get(tx_id)
 
     async def events(self) -> AsyncIterator[Event]:
         while True:

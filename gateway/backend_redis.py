@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Sequence
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from cdc.redis_layout import CHANNEL, PREFIXES, VERSIONS, WATERMARK, decode_published, effective_version
+from cdc.redis_layout import CHANNEL, PREFIXES, VERSIONS, WATERMARK, decode_published, effective_version, tx_key
 from gateway.backend import RESYNC, BackendUnavailable, Event
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,12 @@ class RedisBackend:
     async def watermark(self) -> str | None:
         try:
             return _text(await self._redis.get(WATERMARK))
+        except (RedisError, OSError) as exc:
+            raise BackendUnavailable(str(exc)) from exc
+
+    async def tx_version(self, tx_id: str) -> str | None:
+        try:
+            return _text(await self._redis.get(tx_key(tx_id)))
         except (RedisError, OSError) as exc:
             raise BackendUnavailable(str(exc)) from exc
 

@@ -15,10 +15,13 @@ FORBIDDEN: Final = "forbidden"                # the token's key patterns do not 
 RATE_LIMITED: Final = "rate_limited"          # more messages per second than allowed; the message was dropped
 BINARY_UNSUPPORTED: Final = "binary_unsupported"  # binary frames are not part of the protocol
 UNAVAILABLE: Final = "unavailable"            # the version store did not answer; retry
+BAD_TOKEN: Final = "bad_token"                # an await's write token is not fw1:<transaction id>
+TIMEOUT: Final = "timeout"                    # the awaited transaction was not released within timeout_ms
+TOO_MANY_AWAITS: Final = "too_many_awaits"    # the connection (or the process) holds its maximum of pending awaits
 
 ERROR_CODES: Final = frozenset({
     BAD_JSON, BAD_REQUEST, UNKNOWN_OP, INVALID_KEY, INVALID_VERSION, TOO_MANY_KEYS, FORBIDDEN,
-    RATE_LIMITED, BINARY_UNSUPPORTED, UNAVAILABLE,
+    RATE_LIMITED, BINARY_UNSUPPORTED, UNAVAILABLE, BAD_TOKEN, TIMEOUT, TOO_MANY_AWAITS,
 })
 
 # WebSocket close codes.

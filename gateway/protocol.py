@@ -37,7 +37,14 @@ class Ping:
     id: int | None
 
 
-Request = Subscribe | Unsubscribe | Ping
+@dataclass(frozen=True, slots=True)
+class Await:
+    id: int | None
+    token: str
+    timeout_ms: int
+
+
+Request = Subscribe | Unsubscribe | Ping | Await
 
 
 def valid_key(key: object) -> bool:
@@ -86,7 +93,13 @@ def _since(body: dict[str, Any], rid: int | None, max_keys: int) -> dict[str, st
     return out
 
 
-def parse_request(text: str, max_keys: int) -> Request:
+def timeout_ms(value: object, max_ms: int, rid: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= max_ms:
+        raise ProtocolError(E.BAD_REQUEST, f"timeout_ms must be an integer from 0 to {max_ms}", rid)
+    return value
+
+
+def parse_request(text: str, max_keys: int, await_max_ms: int = 30000) -> Request:
     """One client text frame -> a request, or ProtocolError with a stable code."""
     try:
         body = json.loads(text)
@@ -107,6 +120,11 @@ def parse_request(text: str, max_keys: int) -> Request:
         return Unsubscribe(rid, _keys(body, rid, max_keys))
     if op == "ping":
         return Ping(rid)
+    if op == "await":
+        token = body.get("token")
+        if not isinstance(token, str) or len(token) > 64:
+            raise ProtocolError(E.BAD_TOKEN, "token must be a write token string", rid)
+        return Await(rid, token, timeout_ms(body.get("timeout_ms", 5000), await_max_ms, rid))
     if not isinstance(op, str):
         raise ProtocolError(E.BAD_REQUEST, "op must be a string", rid)
     raise ProtocolError(E.UNKNOWN_OP, f"unknown op {op[:64]!r}", rid)
@@ -132,6 +150,10 @@ def unsubscribed(rid: int | None, keys: tuple[str, ...]) -> str:
 
 def pong(rid: int | None) -> str:
     return _dump(_with_id({"type": "pong"}, rid))
+
+
+def visible(rid: int | None, token: str, version: str) -> str:
+    return _dump(_with_id({"type": "visible", "token": token, "version": version}, rid))
 
 
 def invalidate(keys: dict[str, str]) -> str:

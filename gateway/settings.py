@@ -24,6 +24,9 @@ class GatewaySettings:
     max_rate_strikes: int = 20                      # rate_limited errors in a row before close 4008
     control_queue: int = 64                         # unsent replies per connection before close 4008
     ping_interval_s: float = 20.0                   # WebSocket ping interval (0: off)
+    max_awaits: int = 10000                         # pending awaits per process (WebSocket and HTTP)
+    max_awaits_per_connection: int = 100            # pending awaits per WebSocket connection
+    await_max_ms: int = 30000                       # longest timeout_ms an await or /v1/wait accepts
     max_stream_stall_s: float = 30.0                # /readyz fails when the watermark has not moved this long (0: off)
     resync_chunk: int = 1000                        # keys per version read when resyncing after a Redis outage
     per_message_deflate: bool = False

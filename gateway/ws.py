@@ -13,10 +13,12 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from gateway import errors as E
 from gateway import protocol
 from gateway.auth import Grant, token_from
+from gateway.awaits import TooManyAwaits
 from gateway.backend import BackendUnavailable
 from gateway.errors import AuthError, ProtocolError
 from gateway.session import ControlOverflow, Session, TokenBucket
 from gateway.state import GatewayState
+from gateway.tokens import parse_token
 
 log = logging.getLogger(__name__)
 _ids = itertools.count(1)
@@ -60,6 +62,7 @@ class Connection:
         self.strikes = 0
         self.close_code: tuple[int, str] | None = None
         self.closed = False  # the close frame was already sent (by the expiry task)
+        self.awaits: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
         writer = asyncio.create_task(self._writer(), name=f"writer-{self.session.conn_id}")
@@ -73,6 +76,8 @@ class Connection:
         finally:
             expiry.cancel()
             writer.cancel()
+            for task in list(self.awaits):
+                task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await writer
             if self.close_code is not None and not self.closed:
@@ -117,7 +122,7 @@ class Connection:
                 self._error(ProtocolError(E.BINARY_UNSUPPORTED, "send JSON text frames"))
                 continue
             try:
-                request = protocol.parse_request(text, settings.max_subscriptions)
+                request = protocol.parse_request(text, settings.max_subscriptions, settings.await_max_ms)
                 await self._handle(request)
             except ProtocolError as exc:
                 self._error(exc)
@@ -129,8 +134,35 @@ class Connection:
             gone = self.session.unsubscribe(request.keys)
             self.state.hub.remove(self.session, gone)
             self.session.control(protocol.unsubscribed(request.id, request.keys))
-        else:
+        elif isinstance(request, protocol.Ping):
             self.session.control(protocol.pong(request.id))
+        else:
+            self._start_await(request)
+
+    def _start_await(self, request: protocol.Await) -> None:
+        tx_id = parse_token(request.token, request.id)
+        if len(self.awaits) >= self.state.settings.max_awaits_per_connection:
+            raise ProtocolError(E.TOO_MANY_AWAITS, "too many pending awaits on this connection", request.id)
+        task = asyncio.create_task(self._await(request, tx_id), name=f"await-{self.session.conn_id}")
+        self.awaits.add(task)
+        task.add_done_callback(self.awaits.discard)
+
+    async def _await(self, request: protocol.Await, tx_id: str) -> None:
+        """Runs beside the reader, so a pending await never delays other requests."""
+        try:
+            version = await self.state.awaits.wait(self.state.backend, tx_id, request.timeout_ms / 1000)
+        except TooManyAwaits:
+            self._error(ProtocolError(E.TOO_MANY_AWAITS, "too many pending awaits, retry", request.id))
+            return
+        except BackendUnavailable:
+            self._error(ProtocolError(E.UNAVAILABLE, "version store unavailable, retry", request.id))
+            return
+        except ControlOverflow:
+            return  # the reader closes the connection for the same reason
+        if version is None:
+            self._error(ProtocolError(E.TIMEOUT, f"not released within {request.timeout_ms} ms", request.id))
+        else:
+            self.session.control(protocol.visible(request.id, request.token, version))
 
     async def _subscribe(self, request: protocol.Subscribe) -> None:
         forbidden = [k for k in request.keys if not self.grant.allows(k)]

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import itertools
+import json
+from pathlib import Path
 
 from debezium_json import DEMO_RULES, begin_json, change_value, enc, end_json, heartbeat_json, stack_capture
 
 from cdc.assembler import Assembler
 from cdc.decode import decode
-from cdc.model import Batch, Record, TxBegin, TxEnd
-from cdc.rules import load_rules
+from cdc.model import Batch, LogicalMessage, Record, TxBegin, TxEnd
+from cdc.rules import Rules, load_rules
 from cdc.versions import version_of_lsn
 
 RULES = load_rules(DEMO_RULES)
@@ -193,3 +195,23 @@ def test_assembler_reset_forgets_the_open_transaction_and_position() -> None:
     assembler.reset()
     _, again = run(decoded, assembler)
     assert again == batches
+
+
+def test_assembler_write_token_message_releases_its_transaction() -> None:
+    """A transaction that only wrote a write token's logical message (captured from the stack) is
+    released at its END, with no keys: a token for it never hangs."""
+    lines = (Path(__file__).parent.parent / "fixtures" / "stack-capture-message.jsonl").read_text().splitlines()
+    assembler = Assembler(Rules({}))
+    released = []
+    for line in lines:
+        rec = json.loads(line)
+        record = decode(rec["key"].encode() if rec["key"] else None, rec["value"].encode())
+        if rec["offset"] == 100148:
+            assert record == LogicalMessage(tx_id="33682", prefix="freshwire.token")
+        batch = assembler.feed(record, rec["offset"])
+        if batch is not None:
+            released.append(batch)
+    assert len(released) == 1
+    assert released[0].tx_id == "33682" and released[0].empty
+    assert released[0].version == version_of_lsn(35703896)
+    assert assembler.safe_offset == 100150

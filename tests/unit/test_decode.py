@@ -187,7 +187,7 @@ MALFORMED: list[tuple[str, bytes | None, bytes, str]] = [
     ("json_string", KEY, b'"order-0"', "bad_envelope"),
     ("json_number", KEY, b"42", "bad_envelope"),
     ("json_null_value", KEY, b"null", "bad_envelope"),
-    ("unknown_op_message", KEY, _change(op="m"), "unknown_op"),
+    ("message_without_message_field", KEY, _change(op="m"), "bad_field"),
     ("unknown_op_letter", KEY, _change(op="x"), "unknown_op"),
     ("op_null", KEY, _change(op=None), "unknown_op"),
     ("op_unhashable", KEY, _change(op=["c"]), "unknown_op"),

@@ -38,14 +38,15 @@ class RedisModel:
 
     def release(self, argv: list[str]) -> int:
         v, nkeys = argv[0], int(argv[3])
-        keys = self._advance(self.versions, argv[4:4 + nkeys], v)
-        prefixes = self._advance(self.prefixes, argv[4 + nkeys:], v)
+        keys = self._advance(self.versions, argv[6:6 + nkeys], v)
+        prefixes = self._advance(self.prefixes, argv[6 + nkeys:], v)
         moved = self.watermark is None or self.watermark < v
         if moved:
             self.watermark = v
         if keys or prefixes or moved:
             # cjson encodes an empty Lua table as {}.
-            message = {"v": v, "k": keys or {}, "p": prefixes or {}, "ts": int(argv[2]), "wm": self.watermark}
+            message = {"v": v, "k": keys or {}, "p": prefixes or {}, "ts": int(argv[2]), "wm": self.watermark,
+                       "x": argv[4]}
             self.published.append(decode_published(json.dumps(message)))
         return len(keys)
 
