@@ -21,6 +21,7 @@ from cdc.effects import EffectError, KafkaOutputs, RedisRelease
 from cdc.errors import DecodeError
 from cdc.metrics import Metrics
 from cdc.model import Batch
+from cdc.replicas import HoldPolicy, ReplicaWatcher, decide
 from cdc.rules import Rules
 from cdc.settings import Settings
 from cdc.versions import lsn_of_version
@@ -51,6 +52,7 @@ class Pipeline:
             "log_level": 4,
         })
         self._last_lag_check = 0.0
+        self.replicas = ReplicaWatcher(settings.replicas, metrics) if settings.replicas else None
 
     # -- rebalance: the stream restarts from the committed offset, so forget what is in hand
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -109,7 +111,10 @@ class Pipeline:
         self._commit(touched)
 
     def _apply(self, batches: list[Batch]) -> None:
-        self._retrying("redis", lambda: self.redis.release(batches))
+        if self.replicas is None:
+            self._release_now(batches)  # no replica configured: no added latency
+        else:
+            self._release_gated(batches, self.replicas)
         self._retrying("kafka", lambda: self._append_ops(batches))
         now_ms = time.time() * 1000
         for b in batches:
@@ -118,6 +123,30 @@ class Pipeline:
         if batches:
             self.metrics.batches_out.inc(len(batches))
             self.metrics.last_version.set(lsn_of_version(batches[-1].version))
+
+    def _release_gated(self, batches: list[Batch], replicas: ReplicaWatcher) -> None:
+        """Release in commit order, each batch once every replica has replayed its commit."""
+        s = self.settings
+        pending, since = batches, time.monotonic()
+        policy: HoldPolicy = "hold" if s.hold_policy == "hold" else "release"
+        while pending:
+            held = time.monotonic() - since
+            decision = decide(pending, replicas.replayed(), held, s.max_hold_ms / 1000, policy)
+            if decision.release == 0:
+                if self.stop.wait(s.replica_poll_ms / 1000):
+                    raise EffectError("stopping while batches wait for the replicas")
+                continue
+            ready, pending = pending[:decision.release], pending[decision.release:]
+            if decision.stale:
+                self.metrics.released_stale.inc()
+                log.warning("released %s after %.2fs without every replica having it", ready[0].version, held)
+            self._release_now(ready)
+            waited = time.monotonic() - since
+            for _ in ready:
+                self.metrics.hold.observe(waited)
+
+    def _release_now(self, batches: list[Batch]) -> None:
+        self._retrying("redis", lambda: self.redis.release(batches))
 
     def _append_ops(self, batches: list[Batch]) -> None:
         self.outputs.append_ops(batches)
@@ -164,6 +193,8 @@ class Pipeline:
     def close(self) -> None:
         try:
             self.consumer.close()
+            if self.replicas is not None:
+                self.replicas.close()
         finally:
             self.outputs.close()
             self.redis.close()

@@ -29,6 +29,14 @@ class Metrics:
         self.consumer_lag = Gauge("freshwire_cdc_consumer_lag_records", "records behind the input topic's end",
                                   registry=r)
         self.last_version = Gauge("freshwire_cdc_last_version_lsn", "LSN of the last released version", registry=r)
+        self.hold = Histogram("freshwire_cdc_hold_seconds", "time a batch waited for the replicas",
+                              buckets=LAG_BUCKETS, registry=r)
+        self.released_stale = Counter("freshwire_cdc_released_stale_total",
+                                      "batches released past max_hold before every replica had them", registry=r)
+        self.replica_lag = Gauge("freshwire_cdc_replica_lag_seconds", "now - last replayed commit, per replica",
+                                 ["replica"], registry=r)
+        self.replica_replayed = Gauge("freshwire_cdc_replica_replayed_lsn", "replay position, per replica",
+                                      ["replica"], registry=r)
         self.ready = Gauge("freshwire_cdc_ready", "1 when assigned and effects are succeeding", registry=r)
 
 

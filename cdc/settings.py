@@ -25,6 +25,14 @@ class Settings:
     cdc_max_records: int = 2000
     cdc_poll_timeout_ms: int = 20
     cdc_retry_max_s: float = 5.0
+    replica_dsns: str = ""
+    replica_poll_ms: float = 5.0
+    max_hold_ms: float = 5000.0
+    hold_policy: str = "release"
+
+    @property
+    def replicas(self) -> list[str]:
+        return [d.strip() for d in self.replica_dsns.split(",") if d.strip()]
 
     @property
     def rules_path(self) -> Path | None:
@@ -44,6 +52,10 @@ HELP = {
     "cdc_max_records": "records taken from Kafka per consume call",
     "cdc_poll_timeout_ms": "how long one consume call waits for records",
     "cdc_retry_max_s": "longest back-off between retries of Redis or Kafka effects",
+    "replica_dsns": "comma-separated replica DSNs: release a transaction only once all have replayed its commit",
+    "replica_poll_ms": "how often replicas are asked for their replay position while a batch is held",
+    "max_hold_ms": "longest a batch is held for the replicas",
+    "hold_policy": "past max_hold: 'release' (counted as stale) or 'hold' (keep waiting)",
 }
 
 
@@ -73,4 +85,7 @@ def load_settings(argv: list[str] | None = None) -> Settings:
         raw = args[f.name] if args[f.name] is not None else os.environ.get(env_name(f.name))
         if raw is not None:
             values[f.name] = _coerce(f.name, kind, raw)
-    return Settings(**values)  # type: ignore[arg-type]
+    settings = Settings(**values)  # type: ignore[arg-type]
+    if settings.hold_policy not in ("release", "hold"):
+        raise SettingsError(f"FRESHWIRE_HOLD_POLICY must be 'release' or 'hold', got {settings.hold_policy!r}")
+    return settings

@@ -135,6 +135,40 @@ def apply_schema(s: StackSettings) -> None:
         conn.execute((REPO / "demo" / "schema.sql").read_text().encode())
 
 
+def replica_proc(s: StackSettings) -> Proc:
+    """A streaming standby of the primary, cloned once with pg_basebackup; its apply delay is a setting."""
+    root = pg_root(s)
+    data = root / "replica"
+    if not (data / "PG_VERSION").exists():
+        subprocess.run(
+            [str(s.pg_bin / "pg_basebackup"), "-h", s.host, "-p", str(s.pg_port), "-U", "postgres",
+             "-D", str(data), "-X", "stream", "--checkpoint=fast"],
+            check=True, capture_output=True, preexec_fn=run_as(PG_USER), env={**os.environ, "PGPASSWORD": "postgres"},
+        )
+        (data / "standby.signal").touch()
+        _chown_pg(data / "standby.signal")
+    conninfo = f"host={s.host} port={s.pg_port} user=postgres password=postgres application_name=freshwire_replica"
+    return Proc(
+        name="replica",
+        argv=[str(s.pg_bin / "postgres"), "-D", str(data), "-p", str(s.replica_port),
+              "-c", f"primary_conninfo={conninfo}", "-c", f"recovery_min_apply_delay={s.replica_delay_ms}ms",
+              "-c", "hot_standby=on", "-c", "hot_standby_feedback=on"],
+        log=s.logs_dir / "replica.log",
+        ready=lambda: _pg_ready(s, s.replica_port) and _streaming(s),
+        user=PG_USER,
+        ready_timeout_s=60,
+    )
+
+
+def _streaming(s: StackSettings) -> bool:
+    import psycopg
+
+    with psycopg.connect(s.pg_dsn, autocommit=True, connect_timeout=2) as conn:
+        row = conn.execute("SELECT count(*) FROM pg_stat_replication WHERE application_name = 'freshwire_replica'"
+                           " AND state = 'streaming'").fetchone()
+    return bool(row and row[0])
+
+
 # ---------------------------------------------------------------- Redis
 
 def redis_proc(s: StackSettings) -> Proc:
@@ -303,6 +337,7 @@ def app_env(s: StackSettings) -> dict[str, str]:
         "FRESHWIRE_CDC_METRICS_PORT": str(s.cdc_metrics_port),
         "FRESHWIRE_JWT_SECRET": os.environ.get("FRESHWIRE_JWT_SECRET", "freshwire-dev-secret-change-me-in-production"),
         "PYTHONUNBUFFERED": "1",
+        **({"FRESHWIRE_REPLICA_DSNS": s.replica_dsn} if s.with_replica and s.release_gating else {}),
     }
 
 

@@ -21,7 +21,7 @@ from connectors import procs, register, services
 from connectors.stack_settings import StackSettings, load_stack_settings
 
 # Start order; stopping goes the other way.
-ORDER = ["postgres", "redis", "kafka", "connect", "cdc", "gateway", "gateway2"]
+ORDER = ["postgres", "replica", "redis", "kafka", "connect", "cdc", "gateway", "gateway2"]
 
 
 @dataclass
@@ -36,9 +36,10 @@ def _register_connector(s: StackSettings) -> None:
     register.register(s.connect_url, s.host, s.pg_port, pg_dsn=s.pg_dsn)
 
 
-def parts(two_gateways: bool) -> list[Part]:
+def parts(two_gateways: bool, with_replica: bool = False) -> list[Part]:
     found = [
         Part("postgres", services.postgres_proc, after=services.apply_schema),
+        *([Part("replica", services.replica_proc)] if with_replica else []),
         Part("redis", services.redis_proc),
         Part("kafka", services.kafka_proc, after=services.create_topics),
         Part("connect", services.connect_proc, after=_register_connector),
@@ -63,7 +64,7 @@ def up(s: StackSettings, with_apps: bool = True, two_gateways: bool = False, qui
     already = running_parts(s)
     started: list[str] = []
     try:
-        for part in parts(two_gateways):
+        for part in parts(two_gateways, s.with_replica):
             if part.app and not with_apps:
                 continue
             if part.name in already:
@@ -110,6 +111,8 @@ def describe(s: StackSettings) -> str:
         f"{services.TOPIC_DLQ})",
         f"  connect    {s.connect_url}  (connector freshwire-postgres)",
         f"  cdc        metrics http://{s.host}:{s.cdc_metrics_port}/metrics",
+        *([f"  replica    {s.host}:{s.replica_port}  (standby, apply delay {s.replica_delay_ms} ms, "
+           f"release gating {'on' if s.release_gating else 'off'})"] if s.with_replica else []),
         f"  gateway    ws://{s.host}:{s.gateway_port}/ws   http {s.gateway_url}/readyz",
         f"  logs       {s.logs_dir}",
     ])

@@ -27,6 +27,17 @@ def _int(name: str, default: int) -> int:
         raise SettingError(f"{name} must be an integer, got {raw!r}") from None
 
 
+def _flag(name: str, default: bool) -> bool:
+    raw = os.environ.get(name, "")
+    if raw == "":
+        return default
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise SettingError(f"{name} must be 1 or 0, got {raw!r}")
+
+
 def _path(name: str, default: Path) -> Path:
     raw = os.environ.get(name)
     return Path(raw).resolve() if raw else default
@@ -43,6 +54,10 @@ class StackSettings:
     connect_port: int
     gateway_port: int
     gateway2_port: int
+    replica_port: int
+    with_replica: bool        # start a streaming standby (FRESHWIRE_REPLICA=1)
+    replica_delay_ms: int     # its recovery_min_apply_delay: real, controllable replica lag
+    release_gating: bool      # the cdc consumer waits for the replica before releasing
     cdc_metrics_port: int
     pg_bin: Path
     host: str = "127.0.0.1"
@@ -70,6 +85,10 @@ class StackSettings:
     @property
     def app_dsn(self) -> str:
         return f"postgresql://app:app@{self.host}:{self.pg_port}/app"
+
+    @property
+    def replica_dsn(self) -> str:
+        return f"postgresql://app:app@{self.host}:{self.replica_port}/app"
 
     @property
     def redis_url(self) -> str:
@@ -100,6 +119,10 @@ def load_stack_settings() -> StackSettings:
         connect_port=_int("FRESHWIRE_CONNECT_PORT", 18083),
         gateway_port=_int("FRESHWIRE_GATEWAY_PORT", 18080),
         gateway2_port=_int("FRESHWIRE_GATEWAY2_PORT", 18081),
+        replica_port=_int("FRESHWIRE_REPLICA_PORT", 15433),
+        with_replica=_flag("FRESHWIRE_REPLICA", False),
+        replica_delay_ms=_int("FRESHWIRE_REPLICA_DELAY_MS", 0),
+        release_gating=_flag("FRESHWIRE_RELEASE_GATING", True),
         cdc_metrics_port=_int("FRESHWIRE_CDC_METRICS_PORT", 19108),
         pg_bin=_path("FRESHWIRE_PG_BIN", Path(f"/usr/lib/postgresql/{PG_MAJOR}/bin")),
     )

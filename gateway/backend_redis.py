@@ -17,6 +17,8 @@ log = logging.getLogger(__name__)
 
 RECONNECT_MIN_S = 0.05
 RECONNECT_MAX_S = 2.0
+POOL_SIZE = 64
+POOL_WAIT_S = 5.0
 
 
 def _text(value: bytes | str | None) -> str | None:
@@ -26,8 +28,12 @@ def _text(value: bytes | str | None) -> str | None:
 class RedisBackend:
     def __init__(self, url: str) -> None:
         self._url = url
-        self._redis = aioredis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2,
-                                              health_check_interval=10)
+        # A blocking pool: a burst of requests (subscribes, awaits) waits for one of POOL_SIZE
+        # connections instead of failing with "Too many connections".
+        pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=POOL_SIZE, timeout=POOL_WAIT_S,
+                                                        socket_timeout=5, socket_connect_timeout=2,
+                                                        health_check_interval=10)
+        self._redis = aioredis.Redis(connection_pool=pool)
         self.healthy = False
 
     async def start(self) -> None:

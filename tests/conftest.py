@@ -21,8 +21,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.stack)
 
 
+# The test stack runs a real standby lagging 300 ms; the session's consumer does not wait for it
+# (tests that need gating swap in a gated consumer), so every other test keeps its latency.
+STACK_DEFAULTS = {"FRESHWIRE_REPLICA": "1", "FRESHWIRE_REPLICA_DELAY_MS": "300", "FRESHWIRE_RELEASE_GATING": "0"}
+
+
 @pytest.fixture(scope="session")
 def stack_settings() -> Iterator[StackSettings]:
+    for name, value in STACK_DEFAULTS.items():
+        os.environ.setdefault(name, value)
     settings = load_stack_settings()
     started = stack.up(settings, with_apps=True, two_gateways=True, quiet=True)
     try:

@@ -28,6 +28,8 @@ def test_stack_ctrl_c_stops_every_process_it_started(tmp_path: Path) -> None:
         "FRESHWIRE_CONNECT_PORT": str(18083 + PORT_OFFSET),
         "FRESHWIRE_GATEWAY_PORT": str(18080 + PORT_OFFSET),
         "FRESHWIRE_GATEWAY2_PORT": str(18081 + PORT_OFFSET),
+        "FRESHWIRE_REPLICA_PORT": str(15433 + PORT_OFFSET),
+        "FRESHWIRE_REPLICA": "1",
         "FRESHWIRE_CDC_METRICS_PORT": str(19108 + PORT_OFFSET),
     }
     orchestrator = subprocess.Popen([sys.executable, "-m", "connectors.stack", "up"], cwd=REPO, env=env,
@@ -46,7 +48,7 @@ def test_stack_ctrl_c_stops_every_process_it_started(tmp_path: Path) -> None:
                 break
         assert any(line.startswith("ready in") for line in lines), "".join(lines)
         pids = {n: pid for n in ORDER if (pid := procs.recorded_pid(state / "pids", n)) is not None}
-        assert {"postgres", "redis", "kafka", "connect", "cdc", "gateway"} <= set(pids)
+        assert {"postgres", "replica", "redis", "kafka", "connect", "cdc", "gateway"} <= set(pids)
         orchestrator.send_signal(signal.SIGINT)
         assert orchestrator.wait(timeout=180) == 0
         still = {n: pid for n, pid in pids.items() if procs.alive(pid)}

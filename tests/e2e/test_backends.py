@@ -1,0 +1,65 @@
+"""Backend contract, parametrized over the memory backend and the Redis backend (real Redis, in the
+layout the release script writes)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+import redis
+
+from cdc.redis_layout import PREFIXES, VERSIONS, tx_key
+from connectors.stack_settings import StackSettings
+from gateway.backend import Backend
+from gateway.backend_memory import MemoryBackend
+from gateway.backend_redis import POOL_SIZE, RedisBackend
+
+BIG = "7fff000000000000"  # above any real version, on keys no one else uses
+
+
+@pytest.fixture(params=["memory", "redis"])
+def backend_and_release(request: pytest.FixtureRequest, stack_settings: StackSettings):  # type: ignore[no-untyped-def]
+    if request.param == "memory":
+        memory = MemoryBackend()
+        return memory, lambda v, keys, prefixes, tx: memory.release(v, keys, prefixes, 0, tx)
+    r = redis.Redis.from_url(stack_settings.redis_url)
+
+    def release(v: str, keys: tuple[str, ...], prefixes: tuple[str, ...], tx: str) -> None:
+        # Written straight to the hashes (not through the watermark): the real pipeline keeps running.
+        for k in keys:
+            r.hset(VERSIONS, k, v)
+        for p in prefixes:
+            r.hset(PREFIXES, p, v)
+        if tx:
+            r.set(tx_key(tx), v, ex=60)
+
+    return RedisBackend(stack_settings.redis_url), release
+
+
+async def test_backend_versions_prefixes_and_tx_markers(backend_and_release) -> None:  # type: ignore[no-untyped-def]
+    backend, release = backend_and_release
+    b: Backend = backend
+    await b.start()
+    try:
+        ns = f"bt{uuid.uuid4().hex[:8]}"
+        release(BIG[:-1] + "1", (f"{ns}:a",), (), "")
+        release(BIG[:-1] + "2", (), (f"{ns}:p:",), f"{ns}-tx")
+        got = await b.read_versions([f"{ns}:a", f"{ns}:p:1", f"{ns}:none"])
+        assert got == {f"{ns}:a": BIG[:-1] + "1", f"{ns}:p:1": BIG[:-1] + "2", f"{ns}:none": None}
+        assert await b.tx_version(f"{ns}-tx") == BIG[:-1] + "2"
+        assert await b.tx_version(f"{ns}-unknown") is None
+    finally:
+        await b.stop()
+
+
+async def test_backend_bursts_wait_for_a_connection_instead_of_failing(backend_and_release) -> None:  # type: ignore[no-untyped-def]
+    backend, _release = backend_and_release
+    b: Backend = backend
+    await b.start()
+    try:
+        results = await asyncio.gather(*[b.tx_version(str(i)) for i in range(POOL_SIZE * 20)],
+                                       return_exceptions=True)
+        assert not [r for r in results if isinstance(r, Exception)]
+    finally:
+        await b.stop()
