@@ -8,6 +8,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+# 10 ms steps up to 0.5 s: replica apply delays of a few hundred ms are read to a percentile.
+HOLD_BUCKETS = (0.0005, 0.001, 0.002, 0.005, *(i / 100 for i in range(1, 51)), 0.75, 1, 2, 5, 10, 30)
 LAG_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
@@ -30,7 +32,7 @@ class Metrics:
                                   registry=r)
         self.last_version = Gauge("freshwire_cdc_last_version_lsn", "LSN of the last released version", registry=r)
         self.hold = Histogram("freshwire_cdc_hold_seconds", "time a batch waited for the replicas",
-                              buckets=LAG_BUCKETS, registry=r)
+                              buckets=HOLD_BUCKETS, registry=r)
         self.released_stale = Counter("freshwire_cdc_released_stale_total",
                                       "batches released past max_hold before every replica had them", registry=r)
         self.replica_lag = Gauge("freshwire_cdc_replica_lag_seconds", "now - last replayed commit, per replica",
