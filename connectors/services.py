@@ -353,6 +353,24 @@ def cdc_proc(s: StackSettings) -> Proc:
     )
 
 
+def demo_proc(s: StackSettings) -> Proc:
+    env = {
+        **app_env(s),
+        "FRESHWIRE_DEMO_DSN": s.app_dsn,
+        "FRESHWIRE_DEMO_READ_DSN": s.replica_dsn if s.with_replica else s.app_dsn,
+        "FRESHWIRE_DEMO_GATEWAY_WS": f"ws://{s.host}:{s.gateway_port}/ws",
+    }
+    return Proc(
+        name="demo",
+        argv=[sys.executable, "-m", "demo", "--host", s.host, "--port", str(s.demo_port)],
+        env=env,
+        cwd=REPO,
+        log=s.logs_dir / "demo.log",
+        ready=lambda: http_ok(f"http://{s.host}:{s.demo_port}/api/boards/1"),
+        ready_timeout_s=60,
+    )
+
+
 def gateway_proc(s: StackSettings, name: str = "gateway", port: int | None = None) -> Proc:
     port = port or s.gateway_port
     return Proc(

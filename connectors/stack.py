@@ -21,7 +21,7 @@ from connectors import procs, register, services
 from connectors.stack_settings import StackSettings, load_stack_settings
 
 # Start order; stopping goes the other way.
-ORDER = ["postgres", "replica", "redis", "kafka", "connect", "cdc", "gateway", "gateway2"]
+ORDER = ["postgres", "replica", "redis", "kafka", "connect", "cdc", "gateway", "gateway2", "demo"]
 
 
 @dataclass
@@ -30,6 +30,7 @@ class Part:
     build: Callable[[StackSettings], procs.Proc]
     after: Callable[[StackSettings], None] | None = None
     app: bool = False
+    after_always: bool = False  # run `after` even when the part was already running (idempotent setup)
 
 
 def _register_connector(s: StackSettings) -> None:
@@ -38,7 +39,7 @@ def _register_connector(s: StackSettings) -> None:
 
 def parts(two_gateways: bool, with_replica: bool = False) -> list[Part]:
     found = [
-        Part("postgres", services.postgres_proc, after=services.apply_schema),
+        Part("postgres", services.postgres_proc, after=services.apply_schema, after_always=True),
         *([Part("replica", services.replica_proc)] if with_replica else []),
         Part("redis", services.redis_proc),
         Part("kafka", services.kafka_proc, after=services.create_topics),
@@ -48,6 +49,7 @@ def parts(two_gateways: bool, with_replica: bool = False) -> list[Part]:
     ]
     if two_gateways:
         found.append(Part("gateway2", lambda s: services.gateway_proc(s, "gateway2", s.gateway2_port), app=True))
+    found.append(Part("demo", services.demo_proc, app=True))
     return found
 
 
@@ -68,6 +70,8 @@ def up(s: StackSettings, with_apps: bool = True, two_gateways: bool = False, qui
             if part.app and not with_apps:
                 continue
             if part.name in already:
+                if part.after is not None and part.after_always:
+                    part.after(s)
                 if not quiet:
                     print(f"  {part.name:<9} already running (pid {already[part.name]})")
                 continue
@@ -114,6 +118,7 @@ def describe(s: StackSettings) -> str:
         *([f"  replica    {s.host}:{s.replica_port}  (standby, apply delay {s.replica_delay_ms} ms, "
            f"release gating {'on' if s.release_gating else 'off'})"] if s.with_replica else []),
         f"  gateway    ws://{s.host}:{s.gateway_port}/ws   http {s.gateway_url}/readyz",
+        f"  demo       http://{s.host}:{s.demo_port}/   (open it in two windows and move cards)",
         f"  logs       {s.logs_dir}",
     ])
 

@@ -54,6 +54,7 @@ class StackSettings:
     connect_port: int
     gateway_port: int
     gateway2_port: int
+    demo_port: int
     replica_port: int
     with_replica: bool        # start a streaming standby (FRESHWIRE_REPLICA=1)
     replica_delay_ms: int     # its recovery_min_apply_delay: real, controllable replica lag
@@ -119,6 +120,7 @@ def load_stack_settings() -> StackSettings:
         connect_port=_int("FRESHWIRE_CONNECT_PORT", 18083),
         gateway_port=_int("FRESHWIRE_GATEWAY_PORT", 18080),
         gateway2_port=_int("FRESHWIRE_GATEWAY2_PORT", 18081),
+        demo_port=_int("FRESHWIRE_DEMO_PORT", 18090),
         replica_port=_int("FRESHWIRE_REPLICA_PORT", 15433),
         with_replica=_flag("FRESHWIRE_REPLICA", False),
         replica_delay_ms=_int("FRESHWIRE_REPLICA_DELAY_MS", 0),

@@ -41,6 +41,13 @@ CREATE TABLE IF NOT EXISTS outbox (
   keys          text[]
 );
 
+-- The demo app's idempotency keys: a retried POST returns the stored response, never applies twice.
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+  key        text PRIMARY KEY,
+  response   jsonb NOT NULL,
+  created_at timestamptz NOT NULL DEFAULT now()
+);
+
 -- Written by Debezium's heartbeat action query so positions move on a quiet database.
 CREATE TABLE IF NOT EXISTS freshwire_heartbeat (
   id      int PRIMARY KEY,
@@ -55,6 +62,7 @@ ALTER TABLE outbox REPLICA IDENTITY FULL;
 ALTER TABLE boards OWNER TO app;
 ALTER TABLE cards OWNER TO app;
 ALTER TABLE outbox OWNER TO app;
+ALTER TABLE idempotency_keys OWNER TO app;
 GRANT SELECT ON ALL TABLES IN SCHEMA public TO freshwire_cdc;
 GRANT SELECT, INSERT, UPDATE ON freshwire_heartbeat TO freshwire_cdc;
 ALTER DEFAULT PRIVILEGES FOR ROLE app IN SCHEMA public GRANT SELECT ON TABLES TO freshwire_cdc;

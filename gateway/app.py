@@ -8,13 +8,14 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
 from cdc.redis_layout import Published
@@ -136,6 +137,14 @@ async def watermark(request: Request) -> Response:
     return JSONResponse({"watermark": state.hub.watermark})
 
 
+CLIENT_JS = Path(__file__).resolve().parent.parent / "clients" / "js" / "freshwire.js"
+
+
+async def client_js(_request: Request) -> Response:
+    """The browser client, so a page can `import { connect } from "<gateway>/client.js"`."""
+    return FileResponse(CLIENT_JS, media_type="text/javascript", headers={"Access-Control-Allow-Origin": "*"})
+
+
 async def healthz(_request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
@@ -188,6 +197,7 @@ def create_app(settings: GatewaySettings | None = None, backend: Backend | None 
             Route("/v1/versions", versions),
             Route("/v1/wait", wait),
             Route("/v1/watermark", watermark),
+            Route("/client.js", client_js),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Route("/metrics", metrics),

@@ -1,0 +1,1 @@
+"""The demo: a small collaborative kanban board served by Starlette, kept live by Freshwire."""
