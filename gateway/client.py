@@ -115,6 +115,15 @@ class Client:
             self.versions.pop(key, None)
         await self._request({"op": "unsubscribe", "keys": keys})
 
+    async def wait_visible(self, write_token: str, timeout_ms: int = 5000) -> str:
+        """Wait until the token's transaction is released; returns its version.
+        Raises ClientError with code `timeout` (or another protocol error code)."""
+        reply = await self._request({"op": "await", "token": write_token, "timeout_ms": timeout_ms},
+                                    timeout_s=timeout_ms / 1000 + 10)
+        if reply.get("type") != "visible":
+            raise ClientError(str(reply.get("code")), str(reply.get("message")))
+        return str(reply["version"])
+
     async def ping(self) -> None:
         await self._request({"op": "ping"})
 

@@ -205,3 +205,16 @@ async def test_consistency_hundreds_of_concurrent_awaits_on_one_gateway(stack_se
     assert sorted(r["id"] for r in replies) == list(range(300))
     bad = [r for r in replies if r["type"] != "visible" or r["token"] != tokens[r["id"]]]
     assert not bad, bad[:3]
+
+
+async def test_consistency_python_client_waits_for_its_write(stack_settings: StackSettings) -> None:
+    s = stack_settings
+    _board, ids = _cards(s, 1)
+    with psycopg.connect(s.app_dsn) as conn:
+        conn.execute("UPDATE cards SET title = 'py-client' WHERE id = %s", (ids[0],))
+        tok = write_token(conn)
+        conn.commit()
+    async with client(s, ["card:*"]) as c:
+        version = await c.wait_visible(tok, timeout_ms=5000)
+        current = await c.subscribe([f"card:{ids[0]}"])
+    assert current[f"card:{ids[0]}"] is not None and current[f"card:{ids[0]}"] >= version
