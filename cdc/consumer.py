@@ -49,6 +49,10 @@ class Pipeline:
             "fetch.wait.max.ms": 100,
             "socket.nagle.disable": True,
             "partition.assignment.strategy": "cooperative-sticky",
+            # A crashed consumer's partition moves to its restart (or the hot spare) after this,
+            # not after librdkafka's default 45 s: found by the chaos harness.
+            "session.timeout.ms": 6000,
+            "heartbeat.interval.ms": 1500,
             "log_level": 4,
         })
         self._last_lag_check = 0.0

@@ -48,6 +48,14 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
   created_at timestamptz NOT NULL DEFAULT now()
 );
 
+-- The chaos harness's table (bench/chaos.py): rows that move between parents, get deleted, truncated.
+CREATE TABLE IF NOT EXISTS chaos_items (
+  id        int  PRIMARY KEY,
+  tenant_id int  NOT NULL,
+  parent_id int  NOT NULL,
+  val       text NOT NULL
+);
+
 -- Written by Debezium's heartbeat action query so positions move on a quiet database.
 CREATE TABLE IF NOT EXISTS freshwire_heartbeat (
   id      int PRIMARY KEY,
@@ -58,11 +66,13 @@ CREATE TABLE IF NOT EXISTS freshwire_heartbeat (
 ALTER TABLE boards REPLICA IDENTITY FULL;
 ALTER TABLE cards REPLICA IDENTITY FULL;
 ALTER TABLE outbox REPLICA IDENTITY FULL;
+ALTER TABLE chaos_items REPLICA IDENTITY FULL;
 
 ALTER TABLE boards OWNER TO app;
 ALTER TABLE cards OWNER TO app;
 ALTER TABLE outbox OWNER TO app;
 ALTER TABLE idempotency_keys OWNER TO app;
+ALTER TABLE chaos_items OWNER TO app;
 GRANT SELECT ON ALL TABLES IN SCHEMA public TO freshwire_cdc;
 GRANT SELECT, INSERT, UPDATE ON freshwire_heartbeat TO freshwire_cdc;
 ALTER DEFAULT PRIVILEGES FOR ROLE app IN SCHEMA public GRANT SELECT ON TABLES TO freshwire_cdc;

@@ -115,6 +115,11 @@ class Client:
             self.versions.pop(key, None)
         await self._request({"op": "unsubscribe", "keys": keys})
 
+    async def drop(self) -> None:
+        """Close the socket as a network fault would; the client reconnects and resumes by itself."""
+        if self._ws is not None:
+            await self._ws.close()
+
     async def wait_visible(self, write_token: str, timeout_ms: int = 5000) -> str:
         """Wait until the token's transaction is released; returns its version.
         Raises ClientError with code `timeout` (or another protocol error code)."""
