@@ -297,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--faults", type=int, default=len(FAULTS), help="faults to inject (kinds rotate)")
     parser.add_argument("--items", type=int, default=60, help="rows the writer plays with")
     parser.add_argument("--timeout", type=float, default=180, help="seconds to wait for quiescence")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="where chaos-<seed>.json goes")
     args = parser.parse_args(argv)
     s = load_stack_settings()
     started = stack.up(s, two_gateways=True, quiet=True)
@@ -304,8 +305,8 @@ def main(argv: list[str] | None = None) -> int:
         summary = asyncio.run(run(s, args.size, args.seed, args.faults, args.items, args.timeout))
     finally:
         stack.down(s, only=started, quiet=True)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"chaos-{args.seed}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / f"chaos-{args.seed}.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps({k: v for k, v in summary.items() if k != "violations"}, indent=2))
     print(f"violations: {len(summary['violations'])}")
     for v in summary["violations"][:20]:

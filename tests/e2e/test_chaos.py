@@ -21,10 +21,10 @@ def test_chaos_small_run_with_every_fault_kind_has_no_violation(tmp_path: Path) 
     seed = 11
     try:
         out = subprocess.run([sys.executable, "-m", "bench.chaos", "--size", "400", "--seed", str(seed),
-                              "--faults", "7", "--timeout", "90"],
+                              "--faults", "7", "--timeout", "90", "--results", str(tmp_path)],
                              cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-        summary = json.loads((REPO / "bench" / "results" / f"chaos-{seed}.json").read_text())
+        summary = json.loads((tmp_path / f"chaos-{seed}.json").read_text())
         assert summary["violations"] == []
         assert summary["transactions"] == 400
         assert set(summary["faults"]) == {"kill cdc", "kill gateway", "kill connect", "kill kafka", "kill redis",
