@@ -44,6 +44,7 @@ class Assembler:
         self.last_version = last_version
         self.safe_offset: int | None = None
         self.skipped_replays = 0
+        self.flush_next = False  # the next released batch also invalidates every key (prefix "")
 
     def reset(self, last_version: str = "") -> None:
         """Forget any transaction in hand (after a rebalance the stream restarts at a committed offset)."""
@@ -100,6 +101,9 @@ class Assembler:
             self.skipped_replays += 1
             return None
         self.last_version = version
+        if self.flush_next:
+            tx.prefixes[""] = None
+            self.flush_next = False
         return Batch(
             version=version,
             tx_id=tx.tx_id,

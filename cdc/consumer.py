@@ -24,6 +24,7 @@ from cdc.model import Batch
 from cdc.replicas import HoldPolicy, ReplicaWatcher, decide
 from cdc.rules import Rules
 from cdc.settings import Settings
+from cdc.slot import SlotMonitor
 from cdc.versions import lsn_of_version
 
 log = logging.getLogger(__name__)
@@ -57,11 +58,22 @@ class Pipeline:
         })
         self._last_lag_check = 0.0
         self.replicas = ReplicaWatcher(settings.replicas, metrics) if settings.replicas else None
+        self.slot = SlotMonitor(settings.primary_dsn, settings.slot_name, metrics) if settings.primary_dsn else None
+        self._last_slot_check = 0.0
 
     # -- rebalance: the stream restarts from the committed offset, so forget what is in hand
-    def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for p in partitions:
             self.assemblers[p.partition] = Assembler(self.rules)
+        for committed in consumer.committed(partitions, timeout=10):
+            low, _high = consumer.get_watermark_offsets(committed, timeout=10)
+            if 0 <= committed.offset < low:
+                # Records between the committed offset and the topic's start expired unread: their
+                # invalidations are gone, so the next release invalidates every key (prefix "").
+                log.error("partition %s: committed offset %s is below the log start %s (retention overrun); "
+                          "flushing every key with the next release", committed.partition, committed.offset, low)
+                self.metrics.retention_overruns.inc()
+                self.assemblers[committed.partition].flush_next = True
         log.info("assigned %s", [p.partition for p in partitions])
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -71,7 +83,7 @@ class Pipeline:
 
     def run(self) -> None:
         self.consumer.subscribe([self.settings.cdc_topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
-        self.metrics.ready.set(1)
+        self.metrics.set_effects_ok(True)
         log.info("consuming %s as group %s", self.settings.cdc_topic, self.settings.cdc_group)
         try:
             while not self.stop.is_set():
@@ -79,6 +91,7 @@ class Pipeline:
                 if msgs:
                     self._process(msgs)
                 self._refresh_lag()
+                self._watch_slot()
         finally:
             self.close()
 
@@ -161,10 +174,10 @@ class Pipeline:
         while True:
             try:
                 action()
-                self.metrics.ready.set(1)
+                self.metrics.set_effects_ok(True)
                 return
             except EffectError as exc:
-                self.metrics.ready.set(0)
+                self.metrics.set_effects_ok(False)
                 self.metrics.retries.labels(effect).inc()
                 log.warning("%s effect failed, retrying in %.2fs: %s", effect, delay, exc)
                 if self.stop.wait(delay):
@@ -194,11 +207,21 @@ class Pipeline:
                 lag += max(0, high - pos)
         self.metrics.consumer_lag.set(lag)
 
+    def _watch_slot(self) -> None:
+        now = time.monotonic()
+        if self.slot is None or now - self._last_slot_check < self.settings.slot_poll_s:
+            return
+        self._last_slot_check = now
+        self.metrics.detail["slot_state"] = self.slot.poll()
+        self.metrics.set_effects_ok(self.metrics.effects_ok)
+
     def close(self) -> None:
         try:
             self.consumer.close()
             if self.replicas is not None:
                 self.replicas.close()
+            if self.slot is not None:
+                self.slot.close()
         finally:
             self.outputs.close()
             self.redis.close()

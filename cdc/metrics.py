@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -39,7 +40,34 @@ class Metrics:
                                  ["replica"], registry=r)
         self.replica_replayed = Gauge("freshwire_cdc_replica_replayed_lsn", "replay position, per replica",
                                       ["replica"], registry=r)
-        self.ready = Gauge("freshwire_cdc_ready", "1 when assigned and effects are succeeding", registry=r)
+        self.ready = Gauge("freshwire_cdc_ready", "1 when effects are succeeding and the slot is not lost",
+                           registry=r)
+        self.slot_active = Gauge("freshwire_slot_active", "1 while Debezium streams from its slot", registry=r)
+        self.slot_retained = Gauge("freshwire_slot_retained_wal_bytes", "WAL the slot keeps on the primary",
+                                   registry=r)
+        self.slot_lag = Gauge("freshwire_slot_confirmed_lag_bytes", "WAL written but not yet confirmed by Debezium",
+                              registry=r)
+        self.slot_safe = Gauge("freshwire_slot_safe_wal_bytes",
+                               "WAL that can still be written before the slot is lost (max_slot_wal_keep_size)",
+                               registry=r)
+        self.slot_lost = Gauge("freshwire_slot_lost", "1 once PostgreSQL removed WAL the slot needed", registry=r)
+        self.retention_overruns = Counter(
+            "freshwire_cdc_retention_overruns_total",
+            "restarts that found the input topic's retention past the committed offset (every key flushed)",
+            registry=r)
+        self.effects_ok = True
+        self.detail: dict[str, object] = {}
+
+    def set_effects_ok(self, ok: bool) -> None:
+        self.effects_ok = ok
+        self.ready.set(1 if self.readiness()[0] else 0)
+
+    def readiness(self) -> tuple[bool, dict[str, object]]:
+        slot = self.detail.get("slot_state")
+        lost = isinstance(slot, dict) and slot.get("wal_status") == "lost"
+        ok = self.effects_ok and not lost
+        return ok, {"status": "ready" if ok else "not ready", "effects": "ok" if self.effects_ok else "retrying",
+                    **self.detail}
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -51,8 +79,8 @@ class _Handler(BaseHTTPRequestHandler):
         elif self.path == "/healthz":
             body, status, ctype = b"ok\n", 200, "text/plain"
         elif self.path == "/readyz":
-            ok = self.metrics.ready._value.get() == 1
-            body, status, ctype = (b"ready\n", 200, "text/plain") if ok else (b"not ready\n", 503, "text/plain")
+            ok, detail = self.metrics.readiness()
+            body, status, ctype = json.dumps(detail).encode(), 200 if ok else 503, "application/json"
         else:
             body, status, ctype = b"not found\n", 404, "text/plain"
         self.send_response(status)

@@ -25,6 +25,9 @@ class Settings:
     cdc_max_records: int = 2000
     cdc_poll_timeout_ms: int = 20
     cdc_retry_max_s: float = 5.0
+    primary_dsn: str = ""
+    slot_name: str = "freshwire"
+    slot_poll_s: float = 5.0
     replica_dsns: str = ""
     replica_poll_ms: float = 5.0
     max_hold_ms: float = 5000.0
@@ -52,6 +55,9 @@ HELP = {
     "cdc_max_records": "records taken from Kafka per consume call",
     "cdc_poll_timeout_ms": "how long one consume call waits for records",
     "cdc_retry_max_s": "longest back-off between retries of Redis or Kafka effects",
+    "primary_dsn": "the primary, to watch Debezium's replication slot (WAL held, lag, wal_status); empty: off",
+    "slot_name": "Debezium's replication slot",
+    "slot_poll_s": "how often the slot is read",
     "replica_dsns": "comma-separated replica DSNs: release a transaction only once all have replayed its commit",
     "replica_poll_ms": "how often replicas are asked for their replay position while a batch is held",
     "max_hold_ms": "longest a batch is held for the replicas",

@@ -337,6 +337,7 @@ def app_env(s: StackSettings) -> dict[str, str]:
         "FRESHWIRE_CDC_METRICS_PORT": str(s.cdc_metrics_port),
         "FRESHWIRE_JWT_SECRET": os.environ.get("FRESHWIRE_JWT_SECRET", "freshwire-dev-secret-change-me-in-production"),
         "PYTHONUNBUFFERED": "1",
+        "FRESHWIRE_PRIMARY_DSN": s.app_dsn,
         **({"FRESHWIRE_REPLICA_DSNS": s.replica_dsn} if s.with_replica and s.release_gating else {}),
     }
 
