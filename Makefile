@@ -20,11 +20,13 @@ clean:
 	@$(PY) -m connectors.stack clean
 
 test: install
+	@node --test clients/js/test/
 	@$(PY) -m pytest -q
 
 test-unit: install
+	@node --test clients/js/test/
 	@$(PY) -m pytest -q -m "not stack"
 
 lint:
-	@.venv/bin/ruff check cdc gateway connectors tests
-	@.venv/bin/mypy cdc gateway connectors
+	@.venv/bin/ruff check cdc gateway connectors demo clients bench tests
+	@.venv/bin/mypy cdc gateway connectors demo clients bench

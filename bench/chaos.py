@@ -232,15 +232,16 @@ async def run(s: StackSettings, size: int, seed: int, faults: int, items: int, t
         await asyncio.sleep(0.1)
     wrote_s = time.monotonic() - started
 
-    def lost() -> list[tuple[str, str, str | None]]:
+    def lost() -> list[tuple[str, str, str]]:
         missing = []
-        for tenant, _b, c in clients:
+        for n, (tenant, behaviour, c) in enumerate(clients):
             for key in universe(items, tenant):
                 if key in writer.window:
                     low, high = writer.window[key]
                     got = c.versions.get(key)
                     if not (got is not None and low < got <= high):
-                        missing.append((f"client tenant {tenant}", key, got))
+                        who = f"client {n} (tenant {tenant}, {behaviour}, {c.state}, {c.connects} connects)"
+                        missing.append((who, key, f"{got} not in ({low}, {high}]"))
         return missing
 
     deadline = time.monotonic() + timeout_s
@@ -249,7 +250,9 @@ async def run(s: StackSettings, size: int, seed: int, faults: int, items: int, t
     settled_s = time.monotonic() - started - wrote_s
     stop.set()
     await asyncio.gather(*tasks)
-    violations: list[str] = [f"lost: {who} {key} at {got}" for who, key, got in lost()[:20]]
+    missing = lost()
+    violations: list[str] = [f"lost: {who}: {n} keys" for who, n in Counter(w for w, _k, _g in missing).items()]
+    violations += [f"lost: {who} {key} at {got}" for who, key, got in missing[:10]]
     checked = 0
     for tenant, _b, c in clients:
         last: dict[str, str] = {}

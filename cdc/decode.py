@@ -7,6 +7,7 @@ stable code, so the consumer can send the original bytes to the dead-letter topi
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, cast
 
 from cdc.errors import DecodeError
@@ -15,18 +16,25 @@ from cdc.versions import MAX_LSN
 
 OPS: frozenset[str] = frozenset({"c", "u", "d", "r", "t"})
 MAX_RECORD_BYTES = 16 * 1024 * 1024
+INT_MIN = -(1 << 63)  # Debezium writes Java longs (LSNs: unsigned 64 bits, up to MAX_LSN)
+SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 def _json(raw: bytes, what: str) -> Any:
     try:
-        return json.loads(raw)
-    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, int digit limit
+        body = json.loads(raw)
+        if not raw.isascii() or SURROGATE_ESCAPE.search(raw):  # then it may hold a lone surrogate, which
+            json.dumps(body, ensure_ascii=False).encode()           # Redis cannot store: UnicodeEncodeError
+        return body
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, Unicode errors, int digit limit
         raise DecodeError("bad_json", f"{what} is not JSON: {exc}") from None
 
 
 def _int(value: Any, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise DecodeError("bad_field", f"{what} must be an integer, got {value!r}")
+    if not INT_MIN <= value <= MAX_LSN:  # beyond 64 bits it is no Debezium value, and overflows floats downstream
+        raise DecodeError("bad_field", f"{what} out of range: {str(value)[:40]}")
     return value
 
 

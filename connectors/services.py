@@ -358,7 +358,8 @@ def demo_proc(s: StackSettings) -> Proc:
     env = {
         **app_env(s),
         "FRESHWIRE_DEMO_DSN": s.app_dsn,
-        "FRESHWIRE_DEMO_READ_DSN": s.replica_dsn if s.with_replica else s.app_dsn,
+        # Reading from a replica is only safe when releases wait for it (docs/consistency.md).
+        "FRESHWIRE_DEMO_READ_DSN": s.replica_dsn if s.with_replica and s.release_gating else s.app_dsn,
         "FRESHWIRE_DEMO_GATEWAY_WS": f"ws://{s.host}:{s.gateway_port}/ws",
     }
     return Proc(

@@ -117,8 +117,10 @@ async def wait(request: Request) -> Response:
     try:
         tx_id = parse_token(token)
         raw_timeout = request.query_params.get("timeout_ms", "5000")
-        timeout = protocol.timeout_ms(int(raw_timeout) if raw_timeout.isdigit() else -1,
-                                      state.settings.await_max_ms)
+        # ASCII digits only: str.isdigit() also accepts "²" (which int() refuses); and a bounded length,
+        # since int() refuses more than 4300 digits.
+        digits = raw_timeout.isascii() and raw_timeout.isdigit() and len(raw_timeout) <= 18
+        timeout = protocol.timeout_ms(int(raw_timeout) if digits else -1, state.settings.await_max_ms)
     except ProtocolError as exc:
         return _err(400, exc.code, exc.message)
     try:

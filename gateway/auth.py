@@ -103,7 +103,10 @@ class Verifier:
         if (not isinstance(patterns, list) or len(patterns) > MAX_PATTERNS
                 or not all(isinstance(p, str) and p for p in patterns)):
             raise AuthError(f"claim {self._claim!r} must be a list of key patterns")
-        expires = float(claims["exp"])
+        try:
+            expires = float(claims["exp"])
+        except (OverflowError, TypeError, ValueError):  # PyJWT accepts any int, e.g. 10**400
+            raise AuthError("exp must be a number of seconds") from None
         if expires <= (now if now is not None else time.time()):
             raise AuthError("token expired")
         return Grant(subject=str(claims.get("sub", "")), patterns=tuple(patterns), expires_at=expires)

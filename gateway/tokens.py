@@ -40,12 +40,17 @@ def parse_token(token: object, request_id: int | None = None) -> str:
 
 def write_token(conn: Any) -> str:
     """Call inside the writing transaction with a psycopg (3) connection or cursor; returns the token."""
-    row = conn.execute(WRITE_TOKEN_SQL).fetchone()
-    return str(row[0])
+    return _first(conn.execute(WRITE_TOKEN_SQL).fetchone())
 
 
 async def write_token_async(conn: Any) -> str:
     """The same for psycopg's AsyncConnection / AsyncCursor."""
     cursor = await conn.execute(WRITE_TOKEN_SQL)
-    row = await cursor.fetchone()
+    return _first(await cursor.fetchone())
+
+
+def _first(row: Any) -> str:
+    """The token column, whatever row factory the caller's connection uses (tuples, dicts, ...)."""
+    if isinstance(row, dict):
+        return str(next(iter(row.values())))
     return str(row[0])

@@ -21,9 +21,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.stack)
 
 
-# The test stack runs a real standby lagging 300 ms; the session's consumer does not wait for it
-# (tests that need gating swap in a gated consumer), so every other test keeps its latency.
-STACK_DEFAULTS = {"FRESHWIRE_REPLICA": "1", "FRESHWIRE_REPLICA_DELAY_MS": "300", "FRESHWIRE_RELEASE_GATING": "0"}
+# The test stack runs as the product is meant to: a real standby lagging 300 ms, the consumer
+# releasing only what the standby has replayed, and the demo reading from the standby.
+STACK_DEFAULTS = {"FRESHWIRE_REPLICA": "1", "FRESHWIRE_REPLICA_DELAY_MS": "300", "FRESHWIRE_RELEASE_GATING": "1"}
 
 
 @pytest.fixture(scope="session")

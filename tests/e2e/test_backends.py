@@ -46,7 +46,10 @@ async def test_backend_versions_prefixes_and_tx_markers(backend_and_release) -> 
         release(BIG[:-1] + "1", (f"{ns}:a",), (), "")
         release(BIG[:-1] + "2", (), (f"{ns}:p:",), f"{ns}-tx")
         got = await b.read_versions([f"{ns}:a", f"{ns}:p:1", f"{ns}:none"])
-        assert got == {f"{ns}:a": BIG[:-1] + "1", f"{ns}:p:1": BIG[:-1] + "2", f"{ns}:none": None}
+        assert got[f"{ns}:a"] == BIG[:-1] + "1" and got[f"{ns}:p:1"] == BIG[:-1] + "2"
+        # never touched: no version, or that of a flush of every key (prefix "") from an earlier test
+        none = got[f"{ns}:none"]
+        assert none is None or none < BIG
         assert await b.tx_version(f"{ns}-tx") == BIG[:-1] + "2"
         assert await b.tx_version(f"{ns}-unknown") is None
     finally:

@@ -218,3 +218,12 @@ async def test_consistency_python_client_waits_for_its_write(stack_settings: Sta
         version = await c.wait_visible(tok, timeout_ms=5000)
         current = await c.subscribe([f"card:{ids[0]}"])
     assert current[f"card:{ids[0]}"] is not None and current[f"card:{ids[0]}"] >= version
+
+
+def test_consistency_write_token_works_with_any_row_factory(stack_settings: StackSettings) -> None:
+    """Regression: the demo's dict_row connection made write_token fail with KeyError: 0."""
+    from psycopg.rows import dict_row
+
+    with psycopg.connect(stack_settings.app_dsn, row_factory=dict_row) as conn:
+        assert write_token(conn).startswith("fw1:")
+        conn.rollback()

@@ -1,0 +1,1 @@
+"""Freshwire's clients: the JS client (`clients/js/`) and the cache-purge sink (`clients.sink`)."""

@@ -1,0 +1,44 @@
+"""`python -m clients.sink`: POST every batch of the ops topic to a URL until SIGTERM or Ctrl-C."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+
+from confluent_kafka import KafkaException
+
+from clients.sink.run import Sink
+from clients.sink.settings import SettingsError, load_settings
+
+log = logging.getLogger("clients.sink")
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request: the sink logs its own
+    try:
+        settings = load_settings(argv)
+    except SettingsError as exc:
+        print(f"freshwire-sink: {exc}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("signal %s: finishing the record in hand, then stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        Sink(settings, stop).run()
+    except KafkaException as exc:
+        log.error("stopped: kafka: %s", exc)
+        return 1
+    log.info("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

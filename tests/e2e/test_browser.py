@@ -1,0 +1,105 @@
+"""The demo board in real headless Chromium (Debian's), driven by Playwright, on the real stack."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from connectors.stack_settings import REPO, StackSettings
+
+CHROMIUM = "/usr/bin/chromium"
+SCREENSHOT = REPO / "docs" / "board.png"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync"]
+
+playwright_sync = pytest.importorskip("playwright.sync_api")
+
+
+@pytest.fixture
+def browser(stack_settings: StackSettings) -> Iterator[object]:
+    if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
+        pytest.fail(f"{CHROMIUM} is missing: connectors/install.sh installs Debian's chromium")
+    with playwright_sync.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def _post(s: StackSettings, path: str, body: dict[str, object]) -> dict[str, object]:
+    req = urllib.request.Request(f"http://{s.host}:{s.demo_port}{path}", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(req, timeout=10) as r:
+        result: dict[str, object] = json.load(r)
+    return result
+
+
+def _open(browser: object, s: StackSettings, user: str) -> object:
+    context = browser.new_context(viewport={"width": 1100, "height": 700})  # type: ignore[attr-defined]
+    page = context.new_page()
+    page.goto(f"http://{s.host}:{s.demo_port}/?user={user}")
+    page.wait_for_selector("#status[data-state=open]", timeout=10_000)
+    return page
+
+
+def _card(page: object, card_id: int, column: str | None = None) -> str:
+    scope = f'.column[data-status="{column}"] ' if column else ""
+    return f'{scope}.card[data-id="{card_id}"]'
+
+
+def test_browser_edit_in_one_window_appears_in_the_other(browser: object, stack_settings: StackSettings) -> None:
+    s = stack_settings
+    a, b = _open(browser, s, "ada"), _open(browser, s, "bob")
+    card = _post(s, "/api/boards/1/cards", {"title": "Browser test card", "owner": "ada"})["card"]
+    card_id = int(card["id"])  # type: ignore[index]
+    for page in (a, b):
+        page.wait_for_selector(_card(page, card_id, "todo"), timeout=2_000)  # type: ignore[attr-defined]
+    a.click(f'{_card(a, card_id)} button[data-move="doing"]')  # type: ignore[attr-defined]
+    b.wait_for_selector(_card(b, card_id, "doing"), timeout=2_000)  # type: ignore[attr-defined]
+    # confirmed in the editing window once visible (the pending mark goes away)
+    a.wait_for_selector(f'{_card(a, card_id, "doing")}:not(.pending)', timeout=5_000)  # type: ignore[attr-defined]
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    b.screenshot(path=str(SCREENSHOT), full_page=True)  # type: ignore[attr-defined]
+
+
+def test_browser_conflicting_edit_shows_the_conflict(browser: object, stack_settings: StackSettings) -> None:
+    s = stack_settings
+    a = _open(browser, s, "ada")
+    card = _post(s, "/api/boards/1/cards", {"title": "Contested card", "owner": "ada"})["card"]
+    card_id, version = int(card["id"]), int(card["version"])  # type: ignore[index]
+    a.wait_for_selector(_card(a, card_id, "todo"), timeout=2_000)  # type: ignore[attr-defined]
+    # Someone else moves it first. This window edits what it read before that (the test pins its
+    # copy at the old version, as if the click had raced the invalidation).
+    _post(s, f"/api/cards/{card_id}", {"changes": {"status": "done"}, "expected_version": version,
+                                       "idempotency_key": f"other-{card_id}"})
+    a.evaluate("([id, v]) => { window.__board.cards.get(id).version = v; }", [card_id, version])  # type: ignore[attr-defined]
+    a.click(f'{_card(a, card_id)} button[data-move="doing"]')  # type: ignore[attr-defined]
+    a.wait_for_selector("#conflict:not([hidden])", timeout=2_000)  # type: ignore[attr-defined]
+    assert "Someone else changed this card first" in a.inner_text("#conflict")  # type: ignore[attr-defined]
+    a.wait_for_selector(_card(a, card_id, "done"), timeout=2_000)  # type: ignore[attr-defined]
+
+
+def test_browser_window_whose_socket_is_cut_catches_up(browser: object, stack_settings: StackSettings) -> None:
+    s = stack_settings
+    b = _open(browser, s, "bob")
+    first = _post(s, "/api/boards/1/cards", {"title": "Offline card 1"})["card"]
+    second = _post(s, "/api/boards/1/cards", {"title": "Offline card 2"})["card"]
+    ids = [int(first["id"]), int(second["id"])]  # type: ignore[index]
+    for card_id in ids:
+        b.wait_for_selector(_card(b, card_id, "todo"), timeout=2_000)  # type: ignore[attr-defined]
+    b.context.set_offline(True)  # type: ignore[attr-defined]
+    b.wait_for_selector("#status[data-state=reconnecting]", timeout=10_000)  # type: ignore[attr-defined]
+    for n, card in enumerate((first, second)):
+        _post(s, f"/api/cards/{card['id']}", {"changes": {"status": "done"},  # type: ignore[index]
+                                              "expected_version": card["version"],  # type: ignore[index]
+                                              "idempotency_key": f"offline-{ids[n]}"})
+    b.context.set_offline(False)  # type: ignore[attr-defined]
+    b.wait_for_selector("#status[data-state=open]", timeout=15_000)  # type: ignore[attr-defined]
+    for card_id in ids:
+        b.wait_for_selector(_card(b, card_id, "done"), timeout=5_000)  # type: ignore[attr-defined]
