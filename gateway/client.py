@@ -62,6 +62,7 @@ class Client:
         self._ws: Any = None
         self._open = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._resuming: asyncio.Task[None] | None = None
         self.errors: list[dict[str, Any]] = []
         self.record = record
         self.received: list[tuple[str, str]] = []  # every (key, version) as sent, when `record` is on (tests)
@@ -79,6 +80,8 @@ class Client:
 
     async def close(self) -> None:
         self._set_state("closed")
+        if self._resuming is not None:
+            self._resuming.cancel()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -188,13 +191,31 @@ class Client:
             attempt += 1
             await asyncio.sleep(delay)
 
-    async def _resume(self, ws: Any) -> None:
+    async def _resume(self, _ws: Any) -> None:
         self.connects += 1
-        if self.versions:
-            since = {k: v for k, v in self.versions.items()}
-            await ws.send(json.dumps({"op": "subscribe", "keys": list(self.versions), "since": since}))
         self._open.set()
         self._set_state("open")
+        if self.versions:
+            self._resuming = asyncio.create_task(self._resubscribe(), name="freshwire-resume")
+
+    async def _resubscribe(self) -> None:
+        """Subscribe again with `since`; a refusal with `unavailable` (the gateway's version store is
+        down, e.g. Redis restarting) is retried with back-off, or the client would stay connected
+        with nothing subscribed."""
+        attempt = 0
+        while True:
+            try:
+                self._absorb(await self._request({"op": "subscribe", "keys": list(self.versions),
+                                                  "since": dict(self.versions)}))
+                return
+            except ClientError as exc:
+                if exc.code != "unavailable":
+                    log.error("resume refused: %s", exc)
+                    return
+            except (ConnectionError, TimeoutError, ConnectionClosed):
+                return  # the next connection resumes
+            attempt += 1
+            await asyncio.sleep(min(self.max_backoff_s, self.min_backoff_s * 2 ** attempt) * random.random())
 
     async def _read(self, ws: Any) -> None:
         async for raw in ws:
