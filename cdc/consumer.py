@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from cdc.assembler import Assembler
 from cdc.decode import decode
@@ -65,8 +65,17 @@ class Pipeline:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for p in partitions:
             self.assemblers[p.partition] = Assembler(self.rules)
-        for committed in consumer.committed(partitions, timeout=10):
-            low, _high = consumer.get_watermark_offsets(committed, timeout=10)
+        try:
+            positions = consumer.committed(partitions, timeout=10)
+        except KafkaException as exc:
+            log.warning("could not read committed offsets on assignment: %s", exc)
+            positions = []
+        for committed in positions:
+            try:
+                low, _high = consumer.get_watermark_offsets(committed, timeout=10)
+            except KafkaException as exc:
+                log.warning("could not read the log start of partition %s: %s", committed.partition, exc)
+                continue
             if 0 <= committed.offset < low:
                 # Records between the committed offset and the topic's start expired unread: their
                 # invalidations are gone, so the next release invalidates every key (prefix "").
@@ -190,14 +199,27 @@ class Pipeline:
             assembler = self.assemblers.get(p)
             if assembler is not None and assembler.safe_offset is not None:
                 offsets.append(TopicPartition(self.settings.cdc_topic, p, assembler.safe_offset))
-        if offsets:
+        if not offsets:
+            return
+        try:
             self.consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            # E.g. UNKNOWN_MEMBER_ID after a broker restart: the group is rejoined by the next poll,
+            # and whatever was not committed is replayed, which the effects make harmless.
+            self.metrics.retries.labels("commit").inc()
+            log.warning("offset commit failed (replayed after the rejoin, idempotently): %s", exc)
 
     def _refresh_lag(self) -> None:
         now = time.monotonic()
         if now - self._last_lag_check < LAG_REFRESH_S:
             return
         self._last_lag_check = now
+        try:
+            self.metrics.consumer_lag.set(self._lag())
+        except KafkaException as exc:
+            log.warning("consumer lag unavailable: %s", exc)
+
+    def _lag(self) -> int:
         lag = 0
         for p in self.assemblers:
             tp = TopicPartition(self.settings.cdc_topic, p)
@@ -205,7 +227,7 @@ class Pipeline:
             pos = self.consumer.position([tp])[0].offset
             if high >= 0 and pos != OFFSET_INVALID and pos >= 0:
                 lag += max(0, high - pos)
-        self.metrics.consumer_lag.set(lag)
+        return lag
 
     def _watch_slot(self) -> None:
         now = time.monotonic()
