@@ -32,6 +32,24 @@ log = logging.getLogger(__name__)
 LAG_REFRESH_S = 1.0
 
 
+def consumer_config(settings: Settings) -> dict[str, object]:
+    return {
+        "bootstrap.servers": settings.kafka_bootstrap,
+        "group.id": settings.cdc_group,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "fetch.wait.max.ms": 100,
+        "socket.nagle.disable": True,
+        "partition.assignment.strategy": "cooperative-sticky",
+        # A crashed consumer's partition moves to its restart (or the hot spare) after this,
+        # not after librdkafka's default 45 s: found by the chaos harness.
+        "session.timeout.ms": 6000,
+        "heartbeat.interval.ms": 1500,
+        "log_level": 4,
+    }
+
+
 class Pipeline:
     def __init__(self, settings: Settings, rules: Rules, metrics: Metrics, stop: threading.Event) -> None:
         self.settings = settings
@@ -41,21 +59,7 @@ class Pipeline:
         self.assemblers: dict[int, Assembler] = {}
         self.redis = RedisRelease(settings.redis_url)
         self.outputs = KafkaOutputs(settings.kafka_bootstrap, settings.ops_topic, settings.dlq_topic)
-        self.consumer = Consumer({
-            "bootstrap.servers": settings.kafka_bootstrap,
-            "group.id": settings.cdc_group,
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            "auto.offset.reset": "earliest",
-            "fetch.wait.max.ms": 100,
-            "socket.nagle.disable": True,
-            "partition.assignment.strategy": "cooperative-sticky",
-            # A crashed consumer's partition moves to its restart (or the hot spare) after this,
-            # not after librdkafka's default 45 s: found by the chaos harness.
-            "session.timeout.ms": 6000,
-            "heartbeat.interval.ms": 1500,
-            "log_level": 4,
-        })
+        self.consumer = Consumer(consumer_config(settings))
         self._last_lag_check = 0.0
         self.replicas = ReplicaWatcher(settings.replicas, metrics) if settings.replicas else None
         self.slot = SlotMonitor(settings.primary_dsn, settings.slot_name, metrics) if settings.primary_dsn else None

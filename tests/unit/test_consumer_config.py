@@ -1,0 +1,20 @@
+"""The consumer's Kafka settings that the guarantees depend on."""
+
+from __future__ import annotations
+
+from cdc.consumer import consumer_config
+from cdc.settings import Settings
+
+
+def test_consumer_config_commits_only_by_hand_after_the_effects() -> None:
+    config = consumer_config(Settings())
+    assert config["enable.auto.commit"] is False
+    assert config["enable.auto.offset.store"] is False
+
+
+def test_consumer_config_session_timeout_lets_a_restart_take_over_within_seconds() -> None:
+    """Regression (chaos harness): with librdkafka's default 45 s session timeout, a consumer
+    restarted after a crash waited 45 s for its own partition, holding every invalidation back."""
+    config = consumer_config(Settings())
+    assert int(config["session.timeout.ms"]) <= 10_000  # type: ignore[call-overload]
+    assert int(config["heartbeat.interval.ms"]) * 3 <= int(config["session.timeout.ms"])  # type: ignore[call-overload]
