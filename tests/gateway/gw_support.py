@@ -122,3 +122,27 @@ class Gateway:
 
 def settings(**overrides: Any) -> GatewaySettings:
     return replace(GatewaySettings(jwt_secret=SECRET, redis_url="memory://"), **overrides)
+
+
+def gateway_factory() -> Iterator[Callable[..., Gateway]]:
+    """The body of the `make_gateway` fixture: make_gateway(backend=None, **settings) -> a running
+    Gateway, every one closed at the end of the test."""
+    from starlette.testclient import TestClient as _TestClient
+
+    from gateway.app import create_app
+
+    clients: list[_TestClient] = []
+
+    def make(backend: MemoryBackend | None = None, **overrides: Any) -> Gateway:
+        backend = backend or MemoryBackend()
+        s = settings(**overrides)
+        client = _TestClient(create_app(s, backend=backend))
+        client.__enter__()
+        clients.append(client)
+        gw = Gateway(client, backend, s)
+        gw.wait(lambda: gw.state.pump_alive)
+        return gw
+
+    yield make
+    for client in reversed(clients):
+        client.__exit__(None, None, None)

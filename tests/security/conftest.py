@@ -4,15 +4,10 @@ and a guard that fails any test during which the server logged an error or a tra
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 import pytest
-from sec_support import Gateway, settings
-from starlette.testclient import TestClient
-
-from gateway.app import create_app
-from gateway.backend_memory import MemoryBackend
+from sec_support import gateway_factory
 
 WATCHED = ("gateway", "uvicorn", "starlette", "asyncio")
 
@@ -44,21 +39,4 @@ def no_server_errors() -> Iterator[None]:
         if r.exc_info else f"{r.name} {r.levelname}: {r.getMessage()}" for r in handler.records)
 
 
-@pytest.fixture
-def make_gateway() -> Iterator[Callable[..., Gateway]]:
-    """make_gateway(backend=None, **settings) -> a running Gateway (closed at the end of the test)."""
-    clients: list[TestClient] = []
-
-    def make(backend: MemoryBackend | None = None, **overrides: Any) -> Gateway:
-        backend = backend or MemoryBackend()
-        s = settings(**overrides)
-        client = TestClient(create_app(s, backend=backend))
-        client.__enter__()
-        clients.append(client)
-        gw = Gateway(client, backend, s)
-        gw.wait(lambda: gw.state.pump_alive)
-        return gw
-
-    yield make
-    for client in reversed(clients):
-        client.__exit__(None, None, None)
+make_gateway = pytest.fixture(gateway_factory)

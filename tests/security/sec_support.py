@@ -11,11 +11,11 @@ GATEWAY_TESTS = Path(__file__).resolve().parent.parent / "gateway"
 if str(GATEWAY_TESTS) not in sys.path:
     sys.path.insert(0, str(GATEWAY_TESTS))
 
-from gw_support import SECRET, SUBPROTOCOL, Gateway, recv, settings, token, ver  # noqa: E402
+from gw_support import SECRET, SUBPROTOCOL, Gateway, gateway_factory, recv, settings, token, ver  # noqa: E402
 
 from gateway import errors as E  # noqa: E402
 
-__all__ = ["SECRET", "SUBPROTOCOL", "Gateway", "recv", "settings", "token", "ver"]
+__all__ = ["SECRET", "SUBPROTOCOL", "Gateway", "gateway_factory", "recv", "settings", "token", "ver"]
 
 SERVER_TYPES = frozenset({"subscribed", "unsubscribed", "pong", "visible", "invalidate", "error"})
 CLOSE_CODES = frozenset({E.CLOSE_SHUTDOWN, E.CLOSE_RESTART, E.CLOSE_TOO_BIG, E.CLOSE_AUTH, E.CLOSE_POLICY,
