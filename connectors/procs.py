@@ -11,6 +11,7 @@ import contextlib
 import os
 import pwd
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -43,6 +44,7 @@ class Proc:
     cwd: Path | None = None
     user: str | None = None
     stop_timeout_s: float = 30.0
+    port: int | None = None  # must be free before start: else a readiness probe could answer for another process
     pid: int | None = None
 
 
@@ -92,7 +94,15 @@ def alive(pid: int) -> bool:
         return False
 
 
+def _port_taken(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
 def start(proc: Proc, pids_dir: Path) -> int:
+    if proc.port is not None and _port_taken(proc.port):
+        raise StartError(proc.name, f"port {proc.port} is already in use by another process", tail(proc.log))
     proc.log.parent.mkdir(parents=True, exist_ok=True)
     pids_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **proc.env}
@@ -126,6 +136,13 @@ def wait_ready(proc: Proc) -> None:
     raise StartError(proc.name, f"not ready after {proc.ready_timeout_s:.0f}s", tail(proc.log))
 
 
+def _program(pids_dir: Path, name: str) -> str:
+    try:
+        return (pids_dir / f"{name}.pid").read_text().splitlines()[1]
+    except (OSError, IndexError):
+        return ""
+
+
 def recorded_pid(pids_dir: Path, name: str) -> int | None:
     """The pid in `name`'s pid file if that process still runs the recorded program."""
     try:
@@ -138,13 +155,20 @@ def recorded_pid(pids_dir: Path, name: str) -> int | None:
     return None
 
 
+# PostgreSQL's SIGTERM is a "smart" shutdown that waits for every client to leave; SIGINT is its
+# "fast" shutdown: sessions are ended and the server stops cleanly.
+STOP_SIGNALS = {"postgres": signal.SIGINT}
+
+
 def stop(name: str, pids_dir: Path, timeout_s: float = 30.0) -> bool:
-    """SIGTERM, wait up to `timeout_s`, then SIGKILL. True if a process was stopped."""
+    """The program's stop signal (SIGTERM by default), wait up to `timeout_s`, then SIGKILL.
+    True if a process was stopped."""
     pid = recorded_pid(pids_dir, name)
+    program = _program(pids_dir, name)
     (pids_dir / f"{name}.pid").unlink(missing_ok=True)
     if pid is None:
         return False
-    os.kill(pid, signal.SIGTERM)
+    os.kill(pid, STOP_SIGNALS.get(program, signal.SIGTERM))
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if not alive(pid):

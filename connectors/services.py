@@ -107,6 +107,7 @@ def postgres_proc(s: StackSettings) -> Proc:
     data = init_postgres(s)
     return Proc(
         name="postgres",
+        port=s.pg_port,
         argv=[str(s.pg_bin / "postgres"), "-D", str(data), "-p", str(s.pg_port)],
         log=s.logs_dir / "postgres.log",
         ready=lambda: _pg_ready(s, s.pg_port),
@@ -150,6 +151,7 @@ def replica_proc(s: StackSettings) -> Proc:
     conninfo = f"host={s.host} port={s.pg_port} user=postgres password=postgres application_name=freshwire_replica"
     return Proc(
         name="replica",
+        port=s.replica_port,
         argv=[str(s.pg_bin / "postgres"), "-D", str(data), "-p", str(s.replica_port),
               "-c", f"primary_conninfo={conninfo}", "-c", f"recovery_min_apply_delay={s.replica_delay_ms}ms",
               "-c", "hot_standby=on", "-c", "hot_standby_feedback=on"],
@@ -177,6 +179,7 @@ def redis_proc(s: StackSettings) -> Proc:
     redis_server = shutil.which("redis-server") or "/usr/bin/redis-server"
     return Proc(
         name="redis",
+        port=s.redis_port,
         # appendfsync always: a version acknowledged to the consumer survives a Redis crash, so a
         # client resuming later is never told an older version than one already announced.
         argv=[redis_server, "--port", str(s.redis_port), "--bind", s.host, "--dir", str(data),
@@ -256,6 +259,7 @@ def kafka_proc(s: StackSettings) -> Proc:
         )
     return Proc(
         name="kafka",
+        port=s.kafka_port,
         argv=[_java(), *JVM_BROKER_HEAP, f"-Dlog4j2.configurationFile={root / 'log4j2.properties'}",
               "-cp", classpath, "kafka.Kafka", str(props)],
         log=s.logs_dir / "kafka.log",
@@ -313,6 +317,7 @@ def connect_proc(s: StackSettings) -> Proc:
     (root / "log4j2.properties").write_text(LOG4J2)
     return Proc(
         name="connect",
+        port=s.connect_port,
         argv=[_java(), *JVM_CONNECT_HEAP, f"-Dlog4j2.configurationFile={root / 'log4j2.properties'}",
               "-cp", f"{s.jars_dir}/*", "org.apache.kafka.connect.cli.ConnectDistributed", str(props)],
         log=s.logs_dir / "connect.log",
@@ -345,6 +350,7 @@ def app_env(s: StackSettings) -> dict[str, str]:
 def cdc_proc(s: StackSettings) -> Proc:
     return Proc(
         name="cdc",
+        port=s.cdc_metrics_port,
         argv=[sys.executable, "-m", "cdc"],
         env=app_env(s),
         cwd=REPO,
@@ -364,6 +370,7 @@ def demo_proc(s: StackSettings) -> Proc:
     }
     return Proc(
         name="demo",
+        port=s.demo_port,
         argv=[sys.executable, "-m", "demo", "--host", s.host, "--port", str(s.demo_port)],
         env=env,
         cwd=REPO,
@@ -377,6 +384,7 @@ def gateway_proc(s: StackSettings, name: str = "gateway", port: int | None = Non
     port = port or s.gateway_port
     return Proc(
         name=name,
+        port=port,
         argv=[sys.executable, "-m", "gateway", "--host", s.host, "--port", str(port)],
         env=app_env(s),
         cwd=REPO,

@@ -31,6 +31,7 @@ def test_stack_ctrl_c_stops_every_process_it_started(tmp_path: Path) -> None:
         "FRESHWIRE_REPLICA_PORT": str(15433 + PORT_OFFSET),
         "FRESHWIRE_REPLICA": "1",
         "FRESHWIRE_CDC_METRICS_PORT": str(19108 + PORT_OFFSET),
+        "FRESHWIRE_DEMO_PORT": str(18090 + PORT_OFFSET),
     }
     orchestrator = subprocess.Popen([sys.executable, "-m", "connectors.stack", "up"], cwd=REPO, env=env,
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -48,7 +49,7 @@ def test_stack_ctrl_c_stops_every_process_it_started(tmp_path: Path) -> None:
                 break
         assert any(line.startswith("ready in") for line in lines), "".join(lines)
         pids = {n: pid for n in ORDER if (pid := procs.recorded_pid(state / "pids", n)) is not None}
-        assert {"postgres", "replica", "redis", "kafka", "connect", "cdc", "gateway"} <= set(pids)
+        assert {"postgres", "replica", "redis", "kafka", "connect", "cdc", "gateway", "demo"} <= set(pids)
         orchestrator.send_signal(signal.SIGINT)
         assert orchestrator.wait(timeout=180) == 0
         still = {n: pid for n, pid in pids.items() if procs.alive(pid)}
