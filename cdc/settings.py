@@ -3,11 +3,10 @@ loaded once into a frozen object. A malformed value fails at start with its name
 
 from __future__ import annotations
 
-import argparse
-import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
+from cdc import envflags
 from cdc.errors import SettingsError
 
 
@@ -65,33 +64,17 @@ HELP = {
 }
 
 
+PREFIX = "FRESHWIRE_"
+
+
 def env_name(field_name: str) -> str:
-    return "FRESHWIRE_" + field_name.upper()
-
-
-def _coerce(name: str, kind: type, raw: str) -> object:
-    try:
-        return kind(raw)
-    except ValueError:
-        raise SettingsError(f"{env_name(name)} must be {kind.__name__}, got {raw!r}") from None
+    return envflags.env_name(PREFIX, field_name)
 
 
 def load_settings(argv: list[str] | None = None) -> Settings:
-    parser = argparse.ArgumentParser(
-        prog="python -m cdc",
-        description="Freshwire's consumer: Debezium change events in, exact invalidations out.",
-    )
-    for f in fields(Settings):
-        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None,
-                            help=f"{HELP[f.name]} (env {env_name(f.name)}, default {f.default!r})")
-    args = vars(parser.parse_args(argv))
-    values: dict[str, object] = {}
-    for f in fields(Settings):
-        kind = type(f.default)
-        raw = args[f.name] if args[f.name] is not None else os.environ.get(env_name(f.name))
-        if raw is not None:
-            values[f.name] = _coerce(f.name, kind, raw)
-    settings = Settings(**values)  # type: ignore[arg-type]
+    parser = envflags.parser_for(Settings, PREFIX, HELP, "python -m cdc",
+                                 "Freshwire's consumer: Debezium change events in, exact invalidations out.")
+    settings = envflags.load(Settings, PREFIX, parser, argv, SettingsError)
     if settings.hold_policy not in ("release", "hold"):
         raise SettingsError(f"FRESHWIRE_HOLD_POLICY must be 'release' or 'hold', got {settings.hold_policy!r}")
     return settings

@@ -4,9 +4,10 @@ loaded once into a frozen object. A missing or malformed value fails at start wi
 from __future__ import annotations
 
 import argparse
-import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
+
+from cdc import envflags
 
 
 class SettingsError(ValueError):
@@ -48,15 +49,11 @@ HELP = {
 }
 
 
+PREFIX = "FRESHWIRE_SINK_"
+
+
 def env_name(field_name: str) -> str:
-    return "FRESHWIRE_SINK_" + field_name.upper()
-
-
-def _coerce(name: str, kind: type, raw: str) -> object:
-    try:
-        return kind(raw)
-    except ValueError:
-        raise SettingsError(f"{env_name(name)} must be {kind.__name__}, got {raw!r}") from None
+    return envflags.env_name(PREFIX, field_name)
 
 
 def _check(s: Settings) -> None:
@@ -77,25 +74,13 @@ def _check(s: Settings) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m clients.sink",
-        description="Freshwire's cache-purge sink: the ops topic in, one signed, idempotent POST per batch out.",
-    )
-    for f in fields(Settings):
-        default = "(none)" if f.name in REQUIRED else repr(f.default)
-        p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None,
-                       help=f"{HELP[f.name]} (env {env_name(f.name)}, default {default})")
-    return p
+    return envflags.parser_for(
+        Settings, PREFIX, HELP, "python -m clients.sink",
+        "Freshwire's cache-purge sink: the ops topic in, one signed, idempotent POST per batch out.",
+        hidden_defaults=REQUIRED)
 
 
 def load_settings(argv: list[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
-    env = os.environ if environ is None else environ
-    args = vars(parser().parse_args(argv))
-    values: dict[str, object] = {}
-    for f in fields(Settings):
-        raw = args[f.name] if args[f.name] is not None else env.get(env_name(f.name))
-        if raw is not None and raw != "":
-            values[f.name] = _coerce(f.name, type(f.default), raw)
-    settings = Settings(**values)  # type: ignore[arg-type]
+    settings = envflags.load(Settings, PREFIX, parser(), argv, SettingsError, environ)
     _check(settings)
     return settings
