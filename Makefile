@@ -30,3 +30,8 @@ test-unit: install
 lint:
 	@.venv/bin/ruff check cdc gateway connectors demo clients bench tests
 	@.venv/bin/mypy cdc gateway connectors demo clients bench
+
+# Benchmarks print tables and write bench/results/*.json (the stack is started as needed).
+bench: install
+	@$(PY) -m bench.latency
+	@$(PY) -m bench.consistency
