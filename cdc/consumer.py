@@ -100,13 +100,21 @@ class Pipeline:
         log.info("consuming %s as group %s", self.settings.cdc_topic, self.settings.cdc_group)
         try:
             while not self.stop.is_set():
-                msgs = self.consumer.consume(self.settings.cdc_max_records, self.settings.cdc_poll_timeout_ms / 1000)
+                msgs = self._next_chunk()
                 if msgs:
                     self._process(msgs)
                 self._refresh_lag()
                 self._watch_slot()
         finally:
             self.close()
+
+    def _next_chunk(self) -> list[Message]:
+        """Wait for the first record only, then take what is already there: consume(n, timeout) would
+        wait the whole timeout for n records, adding up to that much latency to every quiet batch."""
+        first = self.consumer.poll(self.settings.cdc_poll_timeout_ms / 1000)
+        if first is None:
+            return []
+        return [first, *self.consumer.consume(self.settings.cdc_max_records - 1, 0)]
 
     def _process(self, msgs: list[Message]) -> None:
         batches: list[Batch] = []
