@@ -123,7 +123,9 @@ def describe(s: StackSettings) -> str:
     ])
 
 
-def _wait_for_signal() -> None:
+def _catch_stop_signals() -> list[int]:
+    """Route SIGINT/SIGTERM into a list from now on (before "ready" is printed, so a
+    Ctrl-C that follows it at once is never a KeyboardInterrupt)."""
     got: list[int] = []
 
     def handler(signum: int, _frame: object) -> None:
@@ -131,8 +133,12 @@ def _wait_for_signal() -> None:
 
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
-    while not got:
-        signal.pause()
+    return got
+
+
+def _wait_for_signal(got: list[int]) -> None:
+    while not got:  # a short sleep, not signal.pause(): a signal between the test and pause() would be lost
+        time.sleep(0.1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -168,12 +174,13 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    stop_signals = _catch_stop_signals()
     print(describe(s))
     print(f"ready in {time.monotonic() - t0:.1f}s", flush=True)
     if args.detach:
         return 0
     print("Ctrl-C stops the stack (data stays in place).", flush=True)
-    _wait_for_signal()
+    _wait_for_signal(stop_signals)
     print("\nstopping…", flush=True)
     down(s, only=started)
     return 0
