@@ -1,0 +1,84 @@
+"""What every benchmark shares: machine facts, percentiles, the JSON result file and the PNG plot.
+
+Each benchmark writes bench/results/<name>.json ({"machine", "settings", ...its own sections}) and
+bench/results/<name>.png. Plots use matplotlib's non-interactive Agg backend (no display needed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+RESULTS_DIR = Path(__file__).parent / "results"
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model and count, memory, kernel, Python: enough to compare two runs' machines."""
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+        mem_kb = int(Path("/proc/meminfo").read_text().split()[1])
+    except OSError:
+        mem_kb = 0
+    return {"cpus": os.cpu_count(), "cpu_model": model, "mem_mb": mem_kb // 1024,
+            "python": platform.python_version(), "platform": platform.platform(),
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "git": _git_head()}
+
+
+def _git_head() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def summary(values: Sequence[float]) -> dict[str, float]:
+    """count, p50, p90, p99, max and mean of `values` (zeros when empty)."""
+    if not values:
+        return {"count": 0, "p50": 0.0, "p90": 0.0, "p99": 0.0, "max": 0.0, "mean": 0.0}
+    ordered = sorted(values)
+    q = statistics.quantiles(ordered, n=100, method="inclusive") if len(ordered) > 1 else [ordered[0]] * 99
+    return {"count": len(ordered), "p50": round(q[49], 3), "p90": round(q[89], 3), "p99": round(q[98], 3),
+            "max": round(ordered[-1], 3), "mean": round(statistics.fmean(ordered), 3)}
+
+
+def write_json(name: str, data: dict[str, Any]) -> Path:
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"{name}.json"
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    print(f"wrote {path}", flush=True)
+    return path
+
+
+def png_path(name: str) -> Path:
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    return RESULTS_DIR / f"{name}.png"
+
+
+def pyplot() -> Any:
+    """matplotlib.pyplot on the Agg backend (imported lazily: only benchmarks need it)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig: Any, name: str) -> Path:
+    path = png_path(name)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path}", flush=True)
+    return path
