@@ -1,51 +1,96 @@
 """End-to-end latency: commit (taken by the writer right after COMMIT returns) -> receipt by a
-WebSocket client, through real Debezium, Kafka, the consumer, Redis and the gateway.
+WebSocket client, through real Debezium, Kafka, the consumer, Redis and the gateway, with the time
+broken down per hop.
 
     .venv/bin/python -m bench.latency [--rates 10,100,1000] [--subscribers 1,100] [--seconds 5]
+                                      [--configs tuned,defaults]
 
 For each connector configuration (Freshwire's tuned one, and Debezium/Kafka defaults:
-poll.interval.ms=500, linger.ms=5), each rate and each number of subscribers per key, a single writer
-commits one-row transactions round-robin over 20 keys at the given rate while the subscribers hold
-all 20 keys. A received version is matched to its transaction by WAL position (each transaction's
-insert LSN, read in the transaction, bounds its commit from below; the next one's, from above).
-Prints a table and writes bench/results/latency.json. Loopback only; bounded by --seconds.
-Not yet: the per-hop breakdown and the plot that issue #8 asks for.
+poll.interval.ms=500, linger.ms=5), each rate and each number of subscribers per key, writers (one
+connection per 250 tx/s) commit one-row transactions round-robin over 20 cards at the given rate,
+recording each transaction's id and the wall-clock time right after COMMIT returns. The subscribers
+(all on the 20 keys) run in a separate process. Each transaction is followed by its id:
+
+    commit (writer) -> Kafka record timestamp (Connect's producer, ms) -> consumer receipt (poll
+    returned) -> publish call (Lua release script) -> the pubsub message reaching a Redis subscriber
+    (this script's own, next to the gateway's: it stands for the gateway's receipt) -> client receipt
+
+The Kafka timestamp, consumer receipt and publish call travel in the pubsub message (`h`, see
+cdc/redis_layout.py); the message also carries the transaction id and its version, which the clients
+receive. All clocks are this machine's wall clock. Prints a table and writes
+bench/results/latency.json and latency.png. Loopback only; bounded by --seconds per arm.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import bisect
 import json
+import math
+import multiprocessing as mp
 import os
-import platform
-import statistics
 import threading
 import time
-from pathlib import Path
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from multiprocessing.synchronize import Event as MpEvent
 from typing import Any
 
 import psycopg
+import redis
 import websockets
 
-from cdc.versions import lsn_of_text, version_of_lsn
+from bench.report import machine_info, pyplot, save_figure, summary, write_json
+from cdc.redis_layout import CHANNEL, decode_published
 from connectors import register, stack
 from connectors.stack_settings import StackSettings, load_stack_settings
 from gateway.auth import mint
 
-RESULTS = Path(__file__).parent / "results" / "latency.json"
 SECRET = os.environ.get("FRESHWIRE_JWT_SECRET", "freshwire-dev-secret-change-me-in-production")
 KEYS = 20
+TX_PER_WRITER = 250
+DRAIN_S = 2.0
+SETTLE_TIMEOUT_S = 30.0
+PROBE_SQL = "UPDATE cards SET version = version + 1 WHERE id = %s RETURNING txid_current()::text"
 CONFIGS = {
     "tuned": {},
     "defaults": {"poll.interval.ms": "500", "producer.override.linger.ms": "5"},
 }
+HOPS = ("commit→kafka", "kafka→consumer", "consumer→publish", "publish→redis sub", "redis→client")
 
 
-def configure(s: StackSettings, overrides: dict[str, str]) -> None:
+def configure(s: StackSettings, overrides: dict[str, str], ids: list[int], warmup_rate: float,
+              warmup_s: float) -> None:
+    """Apply the connector settings, wait until a probe transaction comes through end to end (the
+    restarted task streams again), warm the JVMs up with `warmup_s` of writes at `warmup_rate` (their
+    JIT makes the first seconds under load much slower), and wait for the probe again (backlog gone)."""
     register.register(s.connect_url, s.host, s.pg_port, pg_dsn=s.pg_dsn, overrides=overrides)
-    time.sleep(2.0)  # let the restarted task settle into streaming
+    probe(s, ids[0])
+    if warmup_s > 0:
+        write_all(s, ids, warmup_rate, warmup_s, {})
+        probe(s, ids[0])
+
+
+def probe(s: StackSettings, card: int) -> None:
+    """Commit one update and wait for its pubsub message."""
+    client = redis.Redis.from_url(s.redis_url)
+    pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+    pubsub.subscribe(CHANNEL)
+    try:
+        for _attempt in range(3):
+            with psycopg.connect(s.app_dsn, autocommit=True) as conn:
+                row = conn.execute(PROBE_SQL, (card,)).fetchone()
+            deadline = time.monotonic() + SETTLE_TIMEOUT_S
+            while time.monotonic() < deadline:
+                msg = pubsub.get_message(timeout=0.5)
+                if msg is not None and decode_published(msg["data"]).tx_id == str(row[0]):  # type: ignore[index]
+                    time.sleep(1.0)
+                    return
+        raise RuntimeError(f"no probe transaction came through within {SETTLE_TIMEOUT_S} s after reconfiguring")
+    finally:
+        pubsub.close()
+        client.close()
 
 
 def cards(s: StackSettings) -> list[int]:
@@ -56,98 +101,224 @@ def cards(s: StackSettings) -> list[int]:
                                  (board[0],)).fetchone()[0]) for _ in range(KEYS)]  # type: ignore[index]
 
 
-def write(s: StackSettings, ids: list[int], rate: float, seconds: float, out: list[tuple[str, float]]) -> None:
-    """(insert LSN as a version, commit time) per transaction, paced at `rate`."""
+def paced(rate: float, seconds: float) -> Iterator[int]:
+    """0, 1, 2, ... at `rate` per second (never ahead of schedule) for `seconds`."""
+    start = time.monotonic()
+    n = 0
+    while time.monotonic() - start < seconds:
+        yield n
+        n += 1
+        delay = start + n / rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+
+
+def write(s: StackSettings, ids: list[int], rate: float, seconds: float, out: dict[str, float]) -> None:
+    """Commit one-row transactions paced at `rate`; out[xid] = wall-clock ms right after COMMIT."""
     with psycopg.connect(s.app_dsn) as conn:
-        start = time.monotonic()
-        n = 0
-        while time.monotonic() - start < seconds:
-            row = conn.execute("UPDATE cards SET version = version + 1 WHERE id = %s "
-                               "RETURNING pg_current_wal_insert_lsn()::text", (ids[n % KEYS],)).fetchone()
+        for n in paced(rate, seconds):
+            row = conn.execute(PROBE_SQL, (ids[n % len(ids)],)).fetchone()
             conn.commit()
-            out.append((version_of_lsn(lsn_of_text(str(row[0]))), time.monotonic()))  # type: ignore[index]
-            n += 1
-            delay = start + n / rate - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-        row = conn.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()
-        out.append((version_of_lsn(lsn_of_text(str(row[0]))), float("inf")))  # type: ignore[index]
+            out[str(row[0])] = time.time() * 1000  # type: ignore[index]
 
 
-async def subscriber(url: str, keys: list[str], got: list[tuple[str, float]], ready: asyncio.Event,
-                     stop: asyncio.Event) -> None:
-    async with websockets.connect(url, max_queue=None) as ws:
-        await ws.send(json.dumps({"op": "subscribe", "keys": keys}))
-        await ws.recv()
-        ready.set()
+def writers_for(rate: float) -> int:
+    return max(1, math.ceil(rate / TX_PER_WRITER))
+
+
+def write_all(s: StackSettings, ids: list[int], rate: float, seconds: float, out: dict[str, float]) -> None:
+    """`rate` split over one connection per TX_PER_WRITER tx/s, each on its own cards."""
+    n = writers_for(rate)
+    threads = [threading.Thread(target=write, args=(s, ids[w::n], rate / n, seconds, out)) for w in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+def listen(url: str, ready: threading.Event, stop: threading.Event, out: dict[str, tuple[str, tuple[float, ...], float]]
+           ) -> None:
+    """out[xid] = (version, hops carried, wall-clock ms the pubsub message arrived here)."""
+    client = redis.Redis.from_url(url)
+    pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+    pubsub.subscribe(CHANNEL)
+    ready.set()
+    try:
         while not stop.is_set():
-            try:
-                message = json.loads(await asyncio.wait_for(ws.recv(), 0.5))
-            except TimeoutError:
+            msg = pubsub.get_message(timeout=0.2)
+            if msg is None:
                 continue
-            if message.get("type") == "invalidate":
-                now = time.monotonic()
-                got.extend((v, now) for v in message["keys"].values())
+            now = time.time() * 1000
+            published = decode_published(msg["data"])
+            if published.tx_id:
+                out[published.tx_id] = (published.version, published.hops, now)
+    finally:
+        pubsub.close()
+        client.close()
 
 
-async def arm(s: StackSettings, ids: list[int], rate: float, subs: int, seconds: float) -> dict[str, Any]:
-    url = f"ws://{s.host}:{s.gateway_port}/ws?token={mint(SECRET, 'bench', ['card:*'], 3600)}"
-    keys = [f"card:{i}" for i in ids]
+def clients_process(url: str, keys: list[str], subs: int, ready: MpEvent, stop: MpEvent, results: Any) -> None:
+    """Runs in its own process: `subs` connections on all keys; sends [(version, receipt ms)] back."""
     got: list[tuple[str, float]] = []
-    stop = asyncio.Event()
-    readies = [asyncio.Event() for _ in range(subs)]
-    tasks = [asyncio.create_task(subscriber(url, keys, got, r, stop)) for r in readies]
-    for r in readies:
-        await r.wait()
-    commits: list[tuple[str, float]] = []
-    writer = threading.Thread(target=write, args=(s, ids, rate, seconds, commits))
-    writer.start()
-    while writer.is_alive():
-        await asyncio.sleep(0.05)
-    await asyncio.sleep(2.0)
-    stop.set()
-    await asyncio.gather(*tasks)
-    lows = [v for v, _t in commits]
-    latencies = []
-    for version, received in got:
-        i = bisect.bisect_left(lows, version) - 1   # the transaction whose window holds this version
-        if 0 <= i < len(commits) - 1:
-            latencies.append((received - commits[i][1]) * 1000)
-    latencies.sort()
-    q = statistics.quantiles(latencies, n=100, method="inclusive") if len(latencies) > 1 else [0.0] * 99
-    return {"rate": rate, "subscribers": subs, "transactions": len(commits) - 1, "received": len(latencies),
-            "achieved_tx_per_s": round((len(commits) - 1) / seconds, 1),
-            "p50_ms": q[49], "p90_ms": q[89], "p99_ms": q[98], "max_ms": latencies[-1] if latencies else 0.0}
+
+    async def one(opened: asyncio.Event) -> None:
+        async with websockets.connect(url, max_queue=None) as ws:
+            await ws.send(json.dumps({"op": "subscribe", "keys": keys}))
+            await ws.recv()
+            opened.set()
+            while not stop.is_set():
+                try:
+                    message = json.loads(await asyncio.wait_for(ws.recv(), 0.2))
+                except TimeoutError:
+                    continue
+                if message.get("type") == "invalidate":
+                    now = time.time() * 1000
+                    got.extend((v, now) for v in message["keys"].values())
+
+    async def main() -> None:
+        opened = [asyncio.Event() for _ in range(subs)]
+        tasks = [asyncio.create_task(one(o)) for o in opened]
+        for o in opened:
+            await o.wait()
+        ready.set()
+        await asyncio.gather(*tasks)
+
+    asyncio.run(main())
+    results.put(got)
 
 
-def main() -> None:
+def breakdown(commits: dict[str, float], published: dict[str, tuple[str, tuple[float, ...], float]],
+              receipts: list[tuple[str, float]]) -> dict[str, Any]:
+    """Pure: join commit times, pubsub messages and client receipts by transaction id / version."""
+    by_version = {version: (xid, hops, arrived) for xid, (version, hops, arrived) in published.items()}
+    e2e: list[float] = []
+    hop_samples: dict[str, list[float]] = {h: [] for h in HOPS}
+    for version, received in receipts:
+        entry = by_version.get(version)
+        if entry is None or entry[0] not in commits:
+            continue
+        xid, hops, arrived = entry
+        committed = commits[xid]
+        e2e.append(received - committed)
+        hop_samples["redis→client"].append(received - arrived)
+    for xid, (_version, hops, arrived) in published.items():
+        if xid not in commits or len(hops) != 3:
+            continue
+        kafka_ts, consumed, publish = hops
+        hop_samples["commit→kafka"].append(kafka_ts - commits[xid])
+        hop_samples["kafka→consumer"].append(consumed - kafka_ts)
+        hop_samples["consumer→publish"].append(publish - consumed)
+        hop_samples["publish→redis sub"].append(arrived - publish)
+    return {"end_to_end_ms": summary(e2e), "hops_ms": {h: summary(v) for h, v in hop_samples.items()}}
+
+
+@dataclass
+class Observation:
+    """What one load phase left: pubsub messages by transaction id, and every client receipt."""
+
+    published: dict[str, tuple[str, tuple[float, ...], float]] = field(default_factory=dict)
+    receipts: list[tuple[str, float]] = field(default_factory=list)
+
+
+@contextmanager
+def observe(s: StackSettings, keys: list[str], subs: int) -> Iterator[Observation]:
+    """Clients (their own process, `subs` connections on `keys`) and a Redis subscriber listen while
+    the body writes; on exit they drain for DRAIN_S and the receipts are collected."""
+    url = f"ws://{s.host}:{s.gateway_port}/ws?token={mint(SECRET, 'bench', ['card:*'], 3600)}"
+    ctx = mp.get_context("spawn")
+    ready, stop, results = ctx.Event(), ctx.Event(), ctx.Queue()
+    clients = ctx.Process(target=clients_process, args=(url, keys, subs, ready, stop, results))
+    clients.start()
+    seen = Observation()
+    listening, stop_listening = threading.Event(), threading.Event()
+    listener = threading.Thread(target=listen, args=(s.redis_url, listening, stop_listening, seen.published))
+    listener.start()
+    try:
+        if not ready.wait(60) or not listening.wait(10):
+            raise RuntimeError("subscribers did not connect")
+        yield seen
+        time.sleep(DRAIN_S)
+        stop.set()
+        seen.receipts = results.get(timeout=60)
+    finally:
+        stop.set()
+        stop_listening.set()
+        listener.join(5)
+        clients.join(30)
+        if clients.is_alive():
+            clients.kill()
+
+
+def arm(s: StackSettings, ids: list[int], rate: float, subs: int, seconds: float) -> dict[str, Any]:
+    commits: dict[str, float] = {}
+    with observe(s, [f"card:{i}" for i in ids], subs) as seen:
+        write_all(s, ids, rate, seconds, commits)
+    result = breakdown(commits, seen.published, seen.receipts)
+    return {"rate": rate, "subscribers": subs, "writers": writers_for(rate), "transactions": len(commits),
+            "achieved_tx_per_s": round(len(commits) / seconds, 1), **result}
+
+
+def plot(arms: list[dict[str, Any]]) -> None:
+    plt = pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    labels = [f"{a['config']}\n{a['rate']:.0f}/s×{a['subscribers']}" for a in arms]
+    xs = range(len(arms))
+    for q, marker in (("p50", "o"), ("p99", "^")):
+        left.plot(xs, [a["end_to_end_ms"][q] for a in arms], marker=marker, linestyle="", label=q)
+    left.set_yscale("log")
+    left.set_xticks(list(xs), labels, fontsize=7)
+    left.set_ylabel("commit → client (ms, log)")
+    left.axhline(15, color="green", linewidth=0.8, linestyle="--", label="target p50 15 ms")
+    left.axhline(60, color="red", linewidth=0.8, linestyle="--", label="target p99 60 ms")
+    left.legend(fontsize=7)
+    left.set_title("end-to-end latency")
+    tuned = [a for a in arms if a["config"] == "tuned"]
+    bottom = [0.0] * len(tuned)
+    for hop in HOPS:
+        values = [max(0.0, a["hops_ms"][hop]["p50"]) for a in tuned]
+        right.bar(range(len(tuned)), values, bottom=bottom, label=hop)
+        bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+    right.set_xticks(range(len(tuned)), [f"{a['rate']:.0f}/s×{a['subscribers']}" for a in tuned], fontsize=7)
+    right.set_ylabel("p50 per hop (ms)")
+    right.set_title("tuned: where the time goes (p50 of each hop)")
+    right.legend(fontsize=7)
+    save_figure(fig, "latency")
+
+
+def row(name: str, a: dict[str, Any]) -> str:
+    e, h = a["end_to_end_ms"], a["hops_ms"]
+    hops = " ".join(f"{h[k]['p50']:6.1f}" for k in HOPS)
+    return (f"{name:<9} {a['rate']:>5.0f}/s {a['subscribers']:>4} subs  p50 {e['p50']:7.1f} p90 {e['p90']:7.1f} "
+            f"p99 {e['p99']:7.1f} max {e['max']:7.1f} ms | hops p50 {hops} | {a['achieved_tx_per_s']} tx/s")
+
+
+def main(argv: list[str] | None = None, run_arm: Callable[..., dict[str, Any]] = arm) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rates", default="10,100,1000")
     parser.add_argument("--subscribers", default="1,100")
     parser.add_argument("--seconds", type=float, default=5.0)
-    args = parser.parse_args()
+    parser.add_argument("--configs", default="tuned,defaults")
+    parser.add_argument("--warmup", type=float, default=5.0, help="seconds of load at the highest rate first")
+    args = parser.parse_args(argv)
     s = load_stack_settings()
     started = stack.up(s, quiet=True)
-    results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                                           "platform": platform.platform()},
-                               "settings": vars(args), "arms": []}
+    results: dict[str, Any] = {"machine": machine_info(), "settings": vars(args), "hops": list(HOPS), "arms": []}
+    print(f"hops: {' | '.join(HOPS)}", flush=True)
+    ids = cards(s)
+    rates = [float(r) for r in args.rates.split(",")]
     try:
-        ids = cards(s)
-        for name, overrides in CONFIGS.items():
-            configure(s, overrides)
-            for rate in (float(r) for r in args.rates.split(",")):
+        for name in args.configs.split(","):
+            configure(s, CONFIGS[name], ids, max(rates), args.warmup)
+            for rate in rates:
                 for subs in (int(n) for n in args.subscribers.split(",")):
-                    result = asyncio.run(arm(s, ids, rate, subs, args.seconds))
-                    results["arms"].append({"config": name, **result})
-                    print(f"{name:<9} {rate:>6.0f} tx/s {subs:>4} subs  p50 {result['p50_ms']:7.1f}  "
-                          f"p90 {result['p90_ms']:7.1f}  p99 {result['p99_ms']:7.1f}  max {result['max_ms']:7.1f} ms"
-                          f"  ({result['received']} received, {result['achieved_tx_per_s']} tx/s)", flush=True)
+                    result = {"config": name, **run_arm(s, ids, rate, subs, args.seconds)}
+                    results["arms"].append(result)
+                    print(row(name, result), flush=True)
     finally:
-        configure(s, {})
+        configure(s, {}, ids, 0, 0)
         stack.down(s, only=started, quiet=True)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
+    write_json("latency", results)
+    plot(results["arms"])
 
 
 if __name__ == "__main__":

@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -82,3 +84,53 @@ def save_figure(fig: Any, name: str) -> Path:
     fig.savefig(path, dpi=110)
     print(f"wrote {path}", flush=True)
     return path
+
+
+def profile_start(pid: int, name: str) -> subprocess.Popen[bytes] | None:
+    """Attach py-spy (sampling, 200 Hz, idle included) to `pid` until profile_stop(); None without py-spy."""
+    py_spy = Path(sys.executable).with_name("py-spy")
+    if not py_spy.exists():
+        return None
+    raw = RESULTS_DIR / f"{name}-profile.raw"
+    return subprocess.Popen([str(py_spy), "record", "--idle", "-r", "200", "-f", "raw", "-o", str(raw),
+                             "--pid", str(pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def profile_stop(proc: subprocess.Popen[bytes] | None, name: str, top: int = 20) -> list[dict[str, Any]]:
+    """Stop py-spy (SIGINT makes it write its file) and summarise: the functions with the largest
+    inclusive share of samples."""
+    if proc is None:
+        return []
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    raw = RESULTS_DIR / f"{name}-profile.raw"
+    if not raw.exists():
+        return []
+    shares = profile_shares(raw.read_text().splitlines())
+    return shares[:top]
+
+
+def profile_shares(lines: Sequence[str]) -> list[dict[str, Any]]:
+    """Pure: py-spy raw ("frame;frame;... count") lines -> [{function, inclusive %, self %}], largest first."""
+    total = 0
+    inclusive: dict[str, int] = {}
+    own: dict[str, int] = {}
+    for line in lines:
+        stack, _, count = line.rstrip().rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        frames = stack.split(";")
+        total += n
+        own[frames[-1]] = own.get(frames[-1], 0) + n
+        for frame in set(frames):
+            inclusive[frame] = inclusive.get(frame, 0) + n
+    ranked = sorted(inclusive.items(), key=lambda item: -item[1])
+    if not total:
+        return []
+    return [{"function": f, "inclusive_pct": round(100 * n / total, 1),
+             "self_pct": round(100 * own.get(f, 0) / total, 1)} for f, n in ranked]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -12,7 +13,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from cdc.errors import DecodeError
 from cdc.model import Batch
-from cdc.redis_layout import PREFIXES, RELEASE_LUA, VERSIONS, WATERMARK, release_args, tx_key
+from cdc.redis_layout import PREFIXES, RELEASE_LUA, VERSIONS, WATERMARK, hops_arg, release_args, tx_key
 from cdc.versions import is_version
 
 log = logging.getLogger(__name__)
@@ -39,16 +40,22 @@ class RedisRelease:
             return 0
         try:
             pipe = self._redis.pipeline(transaction=False)
+            publish_ms = time.time() * 1000
             for b in batches:
+                hops = hops_arg(*b.arrival_ms, publish_ms) if b.arrival_ms[1] else ""
                 self._script(keys=[VERSIONS, PREFIXES, WATERMARK, tx_key(b.tx_id)],
-                             args=release_args(b.version, b.commit_ts_ms, b.keys, b.prefixes, b.tx_id),
+                             args=release_args(b.version, b.commit_ts_ms, b.keys, b.prefixes, b.tx_id, hops=hops),
                              client=pipe)
             return sum(int(n) for n in pipe.execute())
         except redis.RedisError as exc:
             raise EffectError(f"redis: {exc}") from exc
 
     def watermark(self) -> str | None:
-        value = self._redis.get(WATERMARK)
+        """The last released version; raises EffectError if Redis did not answer."""
+        try:
+            value = self._redis.get(WATERMARK)
+        except redis.RedisError as exc:
+            raise EffectError(f"redis: {exc}") from exc
         return value.decode() if isinstance(value, bytes) else None
 
     def close(self) -> None:

@@ -71,6 +71,8 @@ class Batch:
     keys: tuple[str, ...]
     prefixes: tuple[str, ...] = ()
     ops: dict[str, dict[str, int]] = field(default_factory=dict)
+    # (Kafka timestamp of the record that completed it, consumer receipt), epoch ms: per-hop latency.
+    arrival_ms: tuple[float, float] = (0.0, 0.0)
 
     @property
     def empty(self) -> bool:

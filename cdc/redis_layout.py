@@ -25,21 +25,23 @@ WATERMARK = "{fw}:watermark"
 CHANNEL = "fw:inv"
 
 # KEYS: versions, prefixes, watermark, tx marker.
-# ARGV: version, channel, commit_ts_ms, n_keys, tx_id, tx_ttl_s, keys..., prefixes...
+# ARGV: version, channel, commit_ts_ms, n_keys, tx_id, tx_ttl_s, hops, keys..., prefixes...
+# `hops` is "<kafka record ts ms> <consumer receipt ms> <publish call ms>" (or empty), carried to the
+# gateways as `h` for the per-hop latency breakdown (bench/latency.py); it changes nothing else.
 # Advances each key (and prefix) only if the new version is greater, moves the watermark, and
 # publishes what advanced. Atomic: a reader sees either none or all of one batch.
 RELEASE_LUA = """
 local v = ARGV[1]
 local nkeys = tonumber(ARGV[4])
 local keys, prefixes = {}, {}
-for i = 7, 6 + nkeys do
+for i = 8, 7 + nkeys do
   local cur = redis.call('HGET', KEYS[1], ARGV[i])
   if (not cur) or cur < v then
     redis.call('HSET', KEYS[1], ARGV[i], v)
     keys[#keys + 1] = ARGV[i]
   end
 end
-for i = 7 + nkeys, #ARGV do
+for i = 8 + nkeys, #ARGV do
   local cur = redis.call('HGET', KEYS[2], ARGV[i])
   if (not cur) or cur < v then
     redis.call('HSET', KEYS[2], ARGV[i], v)
@@ -57,6 +59,9 @@ if moved then
 end
 if #keys > 0 or #prefixes > 0 or moved then
   local message = {v = v, k = keys, p = prefixes, ts = tonumber(ARGV[3]), wm = wm, x = ARGV[5]}
+  if ARGV[7] ~= '' then
+    message.h = ARGV[7]
+  end
   redis.call('PUBLISH', ARGV[2], cjson.encode(message))
 end
 return #keys
@@ -73,6 +78,7 @@ class Published:
     commit_ts_ms: int
     watermark: str
     tx_id: str = ""
+    hops: tuple[float, ...] = ()  # kafka record ts, consumer receipt, publish call (epoch ms), when carried
 
 
 def _strings(value: Any) -> tuple[str, ...]:
@@ -91,7 +97,19 @@ def decode_published(raw: bytes | str) -> Published:
         commit_ts_ms=int(body.get("ts") or 0),
         watermark=str(body.get("wm") or body["v"]),
         tx_id=str(body.get("x") or ""),
+        hops=_hops(body.get("h")),
     )
+
+
+def _hops(value: Any) -> tuple[float, ...]:
+    try:
+        return tuple(float(part) for part in str(value or "").split())
+    except ValueError:
+        return ()
+
+
+def hops_arg(kafka_ts_ms: float, received_ms: float, publish_ms: float) -> str:
+    return f"{kafka_ts_ms:.0f} {received_ms:.3f} {publish_ms:.3f}"
 
 
 TX_TTL_S = 600
@@ -102,8 +120,8 @@ def tx_key(tx_id: str) -> str:
 
 
 def release_args(version: str, commit_ts_ms: int, keys: tuple[str, ...], prefixes: tuple[str, ...],
-                 tx_id: str = "", tx_ttl_s: int = TX_TTL_S) -> list[str]:
-    return [version, CHANNEL, str(commit_ts_ms), str(len(keys)), tx_id, str(tx_ttl_s), *keys, *prefixes]
+                 tx_id: str = "", tx_ttl_s: int = TX_TTL_S, hops: str = "") -> list[str]:
+    return [version, CHANNEL, str(commit_ts_ms), str(len(keys)), tx_id, str(tx_ttl_s), hops, *keys, *prefixes]
 
 
 def effective_version(own: str | None, key: str, prefix_versions: dict[str, str]) -> str | None:

@@ -136,14 +136,27 @@ def apply_schema(s: StackSettings) -> None:
         conn.execute((REPO / "demo" / "schema.sql").read_text().encode())
 
 
+REPLICA_SLOT = "freshwire_replica"
+
+
 def replica_proc(s: StackSettings) -> Proc:
-    """A streaming standby of the primary, cloned once with pg_basebackup; its apply delay is a setting."""
+    """A streaming standby of the primary, cloned with pg_basebackup; its apply delay is a setting.
+
+    It streams through a physical slot, so the primary keeps the WAL it needs while it is stopped (up
+    to max_slot_wal_keep_size). A replica that can no longer catch up (no slot: made before slots
+    were used, or its slot lost past that bound) is cloned again instead of failing to start.
+    """
     root = pg_root(s)
     data = root / "replica"
+    slot = _replica_slot_state(s)
+    if (data / "PG_VERSION").exists() and slot in ("", "lost"):
+        shutil.rmtree(data)
     if not (data / "PG_VERSION").exists():
+        if slot:
+            _drop_replica_slot(s)
         subprocess.run(
             [str(s.pg_bin / "pg_basebackup"), "-h", s.host, "-p", str(s.pg_port), "-U", "postgres",
-             "-D", str(data), "-X", "stream", "--checkpoint=fast"],
+             "-D", str(data), "-X", "stream", "--checkpoint=fast", "-C", "-S", REPLICA_SLOT],
             check=True, capture_output=True, preexec_fn=run_as(PG_USER), env={**os.environ, "PGPASSWORD": "postgres"},
         )
         (data / "standby.signal").touch()
@@ -154,12 +167,30 @@ def replica_proc(s: StackSettings) -> Proc:
         port=s.replica_port,
         argv=[str(s.pg_bin / "postgres"), "-D", str(data), "-p", str(s.replica_port),
               "-c", f"primary_conninfo={conninfo}", "-c", f"recovery_min_apply_delay={s.replica_delay_ms}ms",
-              "-c", "hot_standby=on", "-c", "hot_standby_feedback=on"],
+              "-c", "hot_standby=on", "-c", "hot_standby_feedback=on", "-c", f"primary_slot_name={REPLICA_SLOT}"],
         log=s.logs_dir / "replica.log",
         ready=lambda: _pg_ready(s, s.replica_port) and _streaming(s),
         user=PG_USER,
         ready_timeout_s=60,
     )
+
+
+def _replica_slot_state(s: StackSettings) -> str:
+    """The replica slot's wal_status on the primary ("reserved", "extended", "unreserved", "lost"), "" if none."""
+    import psycopg
+
+    with psycopg.connect(s.pg_dsn, autocommit=True, connect_timeout=5) as conn:
+        row = conn.execute("SELECT coalesce(wal_status, 'reserved') FROM pg_replication_slots WHERE slot_name = %s",
+                           (REPLICA_SLOT,)).fetchone()
+    return str(row[0]) if row else ""
+
+
+def _drop_replica_slot(s: StackSettings) -> None:
+    import psycopg
+
+    with psycopg.connect(s.pg_dsn, autocommit=True, connect_timeout=5) as conn:
+        conn.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                     "WHERE slot_name = %s AND NOT active", (REPLICA_SLOT,))
 
 
 def _streaming(s: StackSettings) -> bool:

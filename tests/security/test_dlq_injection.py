@@ -135,8 +135,9 @@ POISON: dict[str, tuple[bytes, str]] = {
                                   "bad_json"),
     "lone-surrogate-table": (_mutated(CHANGE, ("source", "table"), "cards\udfff"), "bad_json"),
     "lone-surrogate-in-a-list": (_mutated({**CHANGE, "op": "c"}, ("after",), {"keys": ["a\udc00"]}), "bad_json"),
-    "huge-end-ts": (_huge_ts(END, "ts_ms"), "bad_field"),
-    "huge-change-ts": (_huge_ts(CHANGE, "source", "ts_ms"), "bad_field"),
+    # 10**400 overflows a double: the JSON parser (orjson) refuses it before any field is read.
+    "huge-end-ts": (_huge_ts(END, "ts_ms"), "bad_json"),
+    "huge-change-ts": (_huge_ts(CHANGE, "source", "ts_ms"), "bad_json"),
 }
 
 

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from cdc.assembler import Assembler
 from cdc.decode import decode
 from cdc.model import Batch, Record
-from cdc.redis_layout import Published, decode_published, effective_version, release_args
+from cdc.redis_layout import Published, decode_published, effective_version, hops_arg, release_args
 from cdc.rules import parse_rules
 from cdc.versions import version_of_lsn
 
@@ -38,8 +38,8 @@ class RedisModel:
 
     def release(self, argv: list[str]) -> int:
         v, nkeys = argv[0], int(argv[3])
-        keys = self._advance(self.versions, argv[6:6 + nkeys], v)
-        prefixes = self._advance(self.prefixes, argv[6 + nkeys:], v)
+        keys = self._advance(self.versions, argv[7:7 + nkeys], v)
+        prefixes = self._advance(self.prefixes, argv[7 + nkeys:], v)
         moved = self.watermark is None or self.watermark < v
         if moved:
             self.watermark = v
@@ -47,6 +47,8 @@ class RedisModel:
             # cjson encodes an empty Lua table as {}.
             message = {"v": v, "k": keys or {}, "p": prefixes or {}, "ts": int(argv[2]), "wm": self.watermark,
                        "x": argv[4]}
+            if argv[6]:
+                message["h"] = argv[6]
             self.published.append(decode_published(json.dumps(message)))
         return len(keys)
 
@@ -186,3 +188,12 @@ def test_properties_release_path_survives_restarts_and_replays(txs: list[Tx], da
         assert effective_version(redis.versions.get(key), key, redis.prefixes) == max(
             touching + truncating, default=None)
     assert redis.watermark == txs[-1].version
+
+
+def test_hop_timestamps_travel_with_the_published_batch() -> None:
+    redis = RedisModel()
+    redis.release(release_args("0000000000000005", 7, ("a",), (), hops=hops_arg(1000, 1001.25, 1002.5)))
+    assert redis.published[-1].hops == (1000.0, 1001.25, 1002.5)
+    redis.release(release_args("0000000000000006", 8, ("a",), ()))
+    assert redis.published[-1].hops == ()
+    assert decode_published('{"v": "0000000000000007", "h": "not numbers"}').hops == ()
