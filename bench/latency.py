@@ -3,13 +3,14 @@ WebSocket client, through real Debezium, Kafka, the consumer, Redis and the gate
 broken down per hop.
 
     .venv/bin/python -m bench.latency [--rates 10,100,1000] [--subscribers 1,100] [--seconds 5]
-                                      [--configs tuned,defaults]
+                                      [--configs tuned,defaults,tuned-everysec]
 
-For each connector configuration (Freshwire's tuned one, and Debezium/Kafka defaults:
-poll.interval.ms=500, linger.ms=5), each rate and each number of subscribers per key, writers (one
-connection per 250 tx/s) commit one-row transactions round-robin over 20 cards at the given rate,
-recording each transaction's id and the wall-clock time right after COMMIT returns. The subscribers
-(all on the 20 keys) run in a separate process. Each transaction is followed by its id:
+For each configuration (Freshwire's tuned one; Debezium/Kafka defaults: poll.interval.ms=500,
+linger.ms=5; and tuned with Redis appendfsync everysec instead of always), each rate and each
+number of subscribers per key, writers (one connection per 250 tx/s) commit one-row transactions
+round-robin over 20 cards at the given rate, recording each transaction's id and the wall-clock
+time right after COMMIT returns. The subscribers (all on the 20 keys) run in a separate process.
+Each transaction is followed by its id:
 
     commit (writer) -> Kafka record timestamp (Connect's producer, ms) -> consumer receipt (poll
     returned) -> publish call (Lua release script) -> the pubsub message reaching a Redis subscriber
@@ -53,19 +54,25 @@ TX_PER_WRITER = 250
 DRAIN_S = 2.0
 SETTLE_TIMEOUT_S = 30.0
 PROBE_SQL = "UPDATE cards SET version = version + 1 WHERE id = %s RETURNING txid_current()::text"
-CONFIGS = {
-    "tuned": {},
-    "defaults": {"poll.interval.ms": "500", "producer.override.linger.ms": "5"},
+# name -> (connector overrides, Redis appendfsync). Redis' fsync is on the publish path: "always"
+# (Freshwire's default: an acknowledged version survives a machine crash) vs "everysec".
+CONFIGS: dict[str, tuple[dict[str, str], str]] = {
+    "tuned": ({}, "always"),
+    "defaults": ({"poll.interval.ms": "500", "producer.override.linger.ms": "5"}, "always"),
+    "tuned-everysec": ({}, "everysec"),
 }
 HOPS = ("commit→kafka", "kafka→consumer", "consumer→publish", "publish→redis sub", "redis→client")
 
 
-def configure(s: StackSettings, overrides: dict[str, str], ids: list[int], warmup_rate: float,
+def configure(s: StackSettings, config: tuple[dict[str, str], str], ids: list[int], warmup_rate: float,
               warmup_s: float) -> None:
     """Apply the connector settings, wait until a probe transaction comes through end to end (the
     restarted task streams again), warm the JVMs up with `warmup_s` of writes at `warmup_rate` (their
     JIT makes the first seconds under load much slower), and wait for the probe again (backlog gone)."""
+    overrides, fsync = config
     register.register(s.connect_url, s.host, s.pg_port, pg_dsn=s.pg_dsn, overrides=overrides)
+    with redis.Redis.from_url(s.redis_url) as client:
+        client.config_set("appendfsync", fsync)
     probe(s, ids[0])
     if warmup_s > 0:
         write_all(s, ids, warmup_rate, warmup_s, {})
@@ -297,7 +304,7 @@ def main(argv: list[str] | None = None, run_arm: Callable[..., dict[str, Any]] =
     parser.add_argument("--rates", default="10,100,1000")
     parser.add_argument("--subscribers", default="1,100")
     parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--configs", default="tuned,defaults")
+    parser.add_argument("--configs", default=",".join(CONFIGS))
     parser.add_argument("--warmup", type=float, default=5.0, help="seconds of load at the highest rate first")
     args = parser.parse_args(argv)
     s = load_stack_settings()
@@ -315,7 +322,7 @@ def main(argv: list[str] | None = None, run_arm: Callable[..., dict[str, Any]] =
                     results["arms"].append(result)
                     print(row(name, result), flush=True)
     finally:
-        configure(s, {}, ids, 0, 0)
+        configure(s, CONFIGS["tuned"], ids, 0, 0)
         stack.down(s, only=started, quiet=True)
     write_json("latency", results)
     plot(results["arms"])
