@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 
-.PHONY: install up up-bg down clean test test-unit lint bench
+.PHONY: install up up-bg down clean test test-unit lint bench bench-latency bench-throughput bench-fanout bench-dbload bench-consistency
 
 install:
 	@bash connectors/install.sh
@@ -31,7 +31,22 @@ lint:
 	@.venv/bin/ruff check cdc gateway connectors demo clients bench tests
 	@.venv/bin/mypy cdc gateway connectors demo clients bench
 
-# Benchmarks print tables and write bench/results/*.json (the stack is started as needed).
-bench: install
+# Benchmarks print tables and write bench/results/<name>.json and .png (each starts the stack it
+# needs and stops what it started). `make bench` runs them all one after the other (~25 minutes,
+# 10 of them the sustained-throughput hold); never run two at once: they share the two cores.
+bench: bench-latency bench-throughput bench-fanout bench-dbload bench-consistency
+
+bench-latency: install
 	@$(PY) -m bench.latency
+
+bench-throughput: install
+	@$(PY) -m bench.throughput --profile
+
+bench-fanout: install
+	@$(PY) -m bench.fanout
+
+bench-dbload: install
+	@$(PY) -m bench.dbload
+
+bench-consistency: install
 	@$(PY) -m bench.consistency

@@ -14,23 +14,21 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import statistics
 import time
 import urllib.request
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import psycopg
 import websockets
 
+from bench.report import machine_info, pyplot, save_figure, write_json
 from connectors import procs, services, stack
 from connectors.stack_settings import StackSettings, load_stack_settings
 from gateway.auth import mint
 from gateway.tokens import write_token
 
-RESULTS = Path(__file__).parent / "results" / "consistency.json"
 SECRET = os.environ.get("FRESHWIRE_JWT_SECRET", "freshwire-dev-secret-change-me-in-production")
 
 
@@ -131,7 +129,7 @@ def main() -> None:
     s = load_stack_settings()
     started = stack.up(s, quiet=True)
     results: dict[str, Any] = {
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "machine": machine_info(),
         "settings": {"replica_poll_ms": 5, "n": args.n},
         "arms": {},
     }
@@ -148,8 +146,8 @@ def main() -> None:
         restart(s, "replica", services.replica_proc(s))
         restart(s, "cdc", services.cdc_proc(s))
         stack.down(s, only=started, quiet=True)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    write_json("consistency", results)
+    plot(results["arms"])
     print(f"{'arm':<32} {'commit->invalidate':>20} {'commit->visible':>20} {'release->visible':>20} "
           f"{'hold':>20}")
     print(f"{'':<32} {'p50 / p99 ms':>20} {'p50 / p99 ms':>20} {'p50 / p99 ms':>20} {'p50 / p99 ms':>20}")
@@ -157,7 +155,22 @@ def main() -> None:
         cells = [f"{r[m]['p50']:.1f} / {r[m]['p99']:.1f}"
                  for m in ("commit_to_invalidate_ms", "commit_to_visible_ms", "release_to_visible_ms", "hold_ms")]
         print(f"{name:<32} {cells[0]:>20} {cells[1]:>20} {cells[2]:>20} {cells[3]:>20}")
-    print(f"wrote {RESULTS}")
+
+
+def plot(arms: dict[str, dict[str, Any]]) -> None:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    metrics = ("commit_to_invalidate_ms", "commit_to_visible_ms", "hold_ms")
+    width = 0.8 / len(metrics)
+    for i, metric in enumerate(metrics):
+        xs = [j + i * width for j in range(len(arms))]
+        ax.bar(xs, [a[metric]["p50"] for a in arms.values()], width, label=f"{metric[:-3]} p50")
+        ax.scatter(xs, [a[metric]["p99"] for a in arms.values()], marker="_", s=200, color="black")
+    ax.set_xticks([j + width for j in range(len(arms))], list(arms), fontsize=8)
+    ax.set_ylabel("ms (bars p50, dashes p99)")
+    ax.set_title("read-your-writes: commit → visible, with and without replica gating")
+    ax.legend(fontsize=7)
+    save_figure(fig, "consistency")
 
 
 if __name__ == "__main__":

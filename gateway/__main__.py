@@ -8,10 +8,17 @@ import sys
 from dataclasses import fields
 
 import uvicorn
+from uvicorn.config import WS_PROTOCOLS
 
+from gateway import logs
 from gateway.app import create_app
 from gateway.errors import SettingsError
 from gateway.settings import GatewaySettings, load_gateway_settings
+
+# uvicorn's sans-I/O websockets protocol (0.35+): no background tasks per connection and a plain
+# transport write per frame, where the legacy one (deprecated by uvicorn) runs three tasks per
+# connection and awaits a drain per frame.
+WS_IMPL = "websockets-sansio" if "websockets-sansio" in WS_PROTOCOLS else "websockets"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
                             help=f"env FRESHWIRE_{f.name.upper()} (default {f.default!r})")
     args = vars(parser.parse_args(argv))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.install()
     overrides = {f.name: args[f.name] for f in fields(GatewaySettings) if args[f.name] is not None}
     try:
         settings = load_gateway_settings(overrides)
@@ -33,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         create_app(settings),
         host=args["host"],
         port=args["port"],
-        ws="websockets",
+        ws=WS_IMPL,
         ws_max_size=settings.max_frame_bytes,
         ws_ping_interval=settings.ping_interval_s or None,
         ws_ping_timeout=settings.ping_interval_s or None,

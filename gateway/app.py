@@ -17,6 +17,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
+from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocket
 
 from cdc.redis_layout import Published
 from gateway import errors as E
@@ -32,6 +34,8 @@ from gateway.ws import endpoint
 
 log = logging.getLogger(__name__)
 PUMP_RESTART_S = 0.5
+WS_PATH = "/ws"
+MAX_GATHER = 1000  # released batches handed to the hub in one pass at most
 
 
 async def resync(state: GatewayState) -> None:
@@ -48,19 +52,47 @@ async def resync(state: GatewayState) -> None:
     await state.awaits.recheck(state.backend)
 
 
+def release(state: GatewayState, events: list[Published]) -> None:
+    """Hand released batches to the hub, then move the watermark and answer awaits, in release order."""
+    if not events:
+        return
+    try:
+        state.hub.deliver_many(events)
+        for event in events:
+            state.advance_watermark(event.watermark)
+            if event.tx_id:
+                state.awaits.resolve(event.tx_id, event.version)
+    except Exception as exc:  # also runs as a loop callback: make a failure visible, as in the pump
+        state.pump_alive = False
+        state.pump_error = repr(exc)
+        log.exception("release failed")
+    finally:
+        events.clear()
+
+
 async def pump(state: GatewayState) -> None:
-    """Supervised: a crash is logged, fails readiness, and the pump restarts."""
+    """Supervised: a crash is logged, fails readiness, and the pump restarts.
+
+    Batches that arrive together (the backend yields them without suspending while they are buffered)
+    are gathered and handed to the hub in one pass once the pump waits again, at most MAX_GATHER at
+    a time: under a burst, fan-out costs once per burst instead of once per batch, and the writers
+    are not starved by a pump that never yields.
+    """
+    loop = asyncio.get_running_loop()
+    gathered: list[Published] = []
     while True:
         try:
             state.pump_alive = True
             async for event in state.backend.events():
                 if not isinstance(event, Published):
+                    release(state, gathered)
                     await resync(state)
                     continue
-                state.hub.deliver(event)
-                state.advance_watermark(event.watermark)
-                if event.tx_id:
-                    state.awaits.resolve(event.tx_id, event.version)
+                if not gathered:
+                    loop.call_soon(release, state, gathered)
+                gathered.append(event)
+                if len(gathered) >= MAX_GATHER:
+                    release(state, gathered)  # the scheduled call then finds nothing, or the next burst
         except asyncio.CancelledError:
             raise
         except BackendUnavailable as exc:
@@ -174,6 +206,23 @@ async def metrics(request: Request) -> Response:
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
+class GatewayApp(Starlette):
+    """Starlette, with `/ws` served straight to its endpoint.
+
+    Routing and the exception middleware do nothing for it (the endpoint handles its own errors and
+    the middleware re-raises for WebSockets), yet they keep a chain of frames and closures alive for
+    the whole life of every connection and wrap every frame sent. Any other path, including `/ws`
+    under a root_path, takes the routes below. Middleware added to this app would not see `/ws`.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket" and scope["path"] == WS_PATH:
+            scope["app"] = self
+            await endpoint(WebSocket(scope, receive=receive, send=send))
+            return
+        await super().__call__(scope, receive, send)
+
+
 def create_app(settings: GatewaySettings | None = None, backend: Backend | None = None) -> Starlette:
     settings = settings or load_gateway_settings()
     state = GatewayState(settings=settings, verifier=Verifier(settings),
@@ -193,9 +242,9 @@ def create_app(settings: GatewaySettings | None = None, backend: Backend | None 
                 await task
             await state.backend.stop()
 
-    app = Starlette(
+    app = GatewayApp(
         routes=[
-            WebSocketRoute("/ws", endpoint),
+            WebSocketRoute(WS_PATH, endpoint),
             Route("/v1/versions", versions),
             Route("/v1/wait", wait),
             Route("/v1/watermark", watermark),

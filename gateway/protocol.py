@@ -5,6 +5,7 @@ See docs/protocol.md for the full description. Nothing here touches a socket or 
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass
@@ -157,7 +158,19 @@ def visible(rid: int | None, token: str, version: str) -> str:
 
 
 def invalidate(keys: dict[str, str]) -> str:
+    if len(keys) <= INVALIDATE_CACHED_KEYS:
+        return _invalidate_of(tuple(keys.items()))
     return _dump({"type": "invalidate", "keys": keys})
+
+
+# Fan-out sends the same small invalidate to every subscriber of a key: encode it once.
+INVALIDATE_CACHED_KEYS = 4
+INVALIDATE_CACHE_SIZE = 1024
+
+
+@functools.lru_cache(maxsize=INVALIDATE_CACHE_SIZE)
+def _invalidate_of(items: tuple[tuple[str, str], ...]) -> str:
+    return _dump({"type": "invalidate", "keys": dict(items)})
 
 
 def error(code: str, message: str, rid: int | None = None, keys: list[str] | None = None) -> str:

@@ -10,7 +10,6 @@ Guarantees, per connection:
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable, Iterable
 
 from gateway import protocol
@@ -25,13 +24,17 @@ def _newer(version: str, than: str | None) -> bool:
 
 
 class Session:
+    # One per connection: slots, and a plain list for replies, keep it small.
+    __slots__ = ("coalesced", "conn_id", "control_limit", "controls", "held", "known", "oldest_commit_ms",
+                 "pending", "taken_commit_ms", "wake")
+
     def __init__(self, conn_id: str, control_limit: int = 64, wake: Callable[[], None] | None = None) -> None:
         self.conn_id = conn_id
         self.control_limit = control_limit
         self.known: dict[str, str | None] = {}   # subscribed key -> newest version told or queued
         self.pending: dict[str, str] = {}        # key -> newest version not yet sent
         self.held: set[str] = set()              # subscriptions being set up
-        self.controls: deque[str] = deque()
+        self.controls: list[str] = []
         self.coalesced = 0
         self.oldest_commit_ms = 0   # commit time of the oldest change waiting in `pending`
         self.taken_commit_ms = 0    # the same for the invalidate frame last returned by take()
@@ -100,14 +103,16 @@ class Session:
 
     def take(self) -> list[str]:
         """Frames to write now: replies first, then one invalidate with every pending key not held."""
-        frames = list(self.controls)
-        self.controls.clear()
+        frames, self.controls = self.controls, []
         self.taken_commit_ms = 0
         if self.pending:
-            ready = {k: v for k, v in self.pending.items() if k not in self.held}
-            if ready:
+            if not self.held:  # the common case: everything pending goes
+                ready, self.pending = self.pending, {}
+            else:
+                ready = {k: v for k, v in self.pending.items() if k not in self.held}
                 for k in ready:
                     del self.pending[k]
+            if ready:
                 self.taken_commit_ms, self.oldest_commit_ms = self.oldest_commit_ms, 0
                 frames.append(protocol.invalidate(ready))
         return frames

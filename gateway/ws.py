@@ -42,7 +42,7 @@ async def endpoint(ws: WebSocket) -> None:
     if len(state.hub.sessions) >= state.settings.max_connections:
         await _close(ws, state, E.CLOSE_OVER_CAPACITY, "over capacity")
         return
-    wake = asyncio.Event()
+    wake = Wake()
     session = Session(f"c{next(_ids)}", state.settings.control_queue, wake.set)
     state.hub.register(session)
     log.info("[%s] open sub=%s", session.conn_id, grant.subject)
@@ -54,19 +54,50 @@ async def endpoint(ws: WebSocket) -> None:
         log.info("[%s] closed", session.conn_id)
 
 
+class Wake:
+    """The writer's wake-up: an asyncio.Event for exactly one waiter, without the Event's deque
+    (one per connection, so its size counts). `wait()` also clears it."""
+
+    __slots__ = ("_set", "_waiter")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    def set(self) -> None:
+        self._set = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait(self) -> None:
+        while not self._set:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        self._set = False
+
+
 class Connection:
-    def __init__(self, ws: WebSocket, state: GatewayState, session: Session, wake: asyncio.Event,
-                 grant: Grant) -> None:
+    __slots__ = ("awaits", "bucket", "close_code", "closed", "closing", "grant", "session", "state", "strikes",
+                 "wake", "ws")
+
+    def __init__(self, ws: WebSocket, state: GatewayState, session: Session, wake: Wake, grant: Grant) -> None:
         self.ws, self.state, self.session, self.wake, self.grant = ws, state, session, wake, grant
         self.bucket = TokenBucket(state.settings.max_messages_per_s, time.monotonic())
         self.strikes = 0
         self.close_code: tuple[int, str] | None = None
-        self.closed = False  # the close frame was already sent (by the expiry task)
+        self.closed = False  # the close frame was already sent (at token expiry)
+        self.closing: asyncio.Task[None] | None = None
         self.awaits: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
         writer = asyncio.create_task(self._writer(), name=f"writer-{self.session.conn_id}")
-        expiry = asyncio.create_task(self._expiry(), name=f"expiry-{self.session.conn_id}")
+        # A timer rather than a sleeping task: it is one per connection, and much smaller.
+        loop = asyncio.get_running_loop()
+        expiry = loop.call_at(loop.time() + max(0.0, self.grant.expires_at - time.time()), self._expire)
         try:
             await self._reader()
         except (WebSocketDisconnect, RuntimeError):
@@ -80,19 +111,21 @@ class Connection:
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await writer
+            if self.closing is not None:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await self.closing
             if self.close_code is not None and not self.closed:
                 await _close(self.ws, self.state, *self.close_code)
 
-    async def _expiry(self) -> None:
-        await asyncio.sleep(max(0.0, self.grant.expires_at - time.time()))
+    def _expire(self) -> None:
         self.close_code = (E.CLOSE_AUTH, "token expired")
         self.closed = True
-        await _close(self.ws, self.state, E.CLOSE_AUTH, "token expired")
+        self.closing = asyncio.create_task(_close(self.ws, self.state, E.CLOSE_AUTH, "token expired"),
+                                           name=f"expiry-{self.session.conn_id}")
 
     async def _writer(self) -> None:
         while True:
             await self.wake.wait()
-            self.wake.clear()
             for frame in self.session.take():
                 await self.ws.send_text(frame)
             if self.session.taken_commit_ms:

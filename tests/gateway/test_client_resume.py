@@ -12,6 +12,7 @@ import pytest
 import uvicorn
 from gw_support import SECRET, token, ver
 
+from gateway.__main__ import WS_IMPL
 from gateway.app import create_app
 from gateway.backend import BackendUnavailable
 from gateway.backend_memory import MemoryBackend
@@ -45,7 +46,7 @@ async def served() -> AsyncIterator[tuple[str, FlakyBackend]]:
     backend = FlakyBackend()
     port = _free_port()
     app = create_app(GatewaySettings(jwt_secret=SECRET, redis_url="memory://"), backend=backend)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", ws="websockets"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", ws=WS_IMPL))
     task = asyncio.create_task(server.serve())
     while not server.started:
         await asyncio.sleep(0.01)

@@ -1,0 +1,89 @@
+"""Reading processes and the machine from /proc: CPU time, resident memory, open files, TCP connections.
+
+The parsers are pure (text in, numbers out) and tested in tests/unit/test_bench_fanout.py.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+Snapshot = tuple[dict[str, float], tuple[int, int]]  # CPU seconds per role, the machine's (busy, total) ticks
+
+
+def stat_cpu_ticks(stat: str) -> int:
+    """utime + stime of a /proc/<pid>/stat line (the command name may hold spaces and parentheses)."""
+    fields = stat.rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5), counted from `state`
+
+
+def status_kb(status: str, name: str = "VmRSS") -> int:
+    """A `kB` field of /proc/<pid>/status, 0 when absent."""
+    for line in status.splitlines():
+        if line.startswith(name + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def machine_ticks(proc_stat: str) -> tuple[int, int]:
+    """(busy, total) ticks of all CPUs from /proc/stat's `cpu` line."""
+    values = [int(v) for v in proc_stat.splitlines()[0].split()[1:9]]  # user .. steal; guest is within user
+    idle = values[3] + values[4]
+    return sum(values) - idle, sum(values)
+
+
+def established_on(proc_net_tcp: str, port: int) -> int:
+    """TCP connections in state ESTABLISHED whose local port is `port`, from /proc/net/tcp: the
+    connections a server listening on `port` holds, counted without asking the server."""
+    wanted = f":{port:04X}"
+    held = 0
+    for line in proc_net_tcp.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) > 3 and fields[1].endswith(wanted) and fields[3] == "01":
+            held += 1
+    return held
+
+
+def cpu_seconds(pid: int) -> float:
+    try:
+        return stat_cpu_ticks(Path(f"/proc/{pid}/stat").read_text()) / CLK_TCK
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def rss_kb(pid: int) -> int:
+    return status_kb(Path(f"/proc/{pid}/status").read_text())
+
+
+def fd_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def rlimit_nofile(pid: int) -> int:
+    """The soft open-files limit of a process, from /proc/<pid>/limits (0 if unreadable)."""
+    try:
+        for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+            if line.startswith("Max open files"):
+                return int(line.split()[3])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def connections_held(port: int) -> int:
+    return established_on(Path("/proc/net/tcp").read_text(), port)
+
+
+def cpu_snapshot(roles: dict[str, int]) -> Snapshot:
+    return {role: cpu_seconds(pid) for role, pid in roles.items()}, machine_ticks(Path("/proc/stat").read_text())
+
+
+def cpu_split(before: Snapshot, after: Snapshot, wall_s: float) -> dict[str, Any]:
+    """CPU seconds per process over a phase, the machine's busy seconds, and what others used."""
+    used = {role: round(after[0][role] - before[0][role], 2) for role in after[0]}
+    busy = (after[1][0] - before[1][0]) / CLK_TCK
+    return {"wall_s": round(wall_s, 2), "cores": os.cpu_count(), "processes_cpu_s": used,
+            "machine_busy_s": round(busy, 2), "other_cpu_s": round(max(0.0, busy - sum(used.values())), 2)}
