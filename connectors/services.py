@@ -211,10 +211,11 @@ def redis_proc(s: StackSettings) -> Proc:
     return Proc(
         name="redis",
         port=s.redis_port,
-        # appendfsync always: a version acknowledged to the consumer survives a Redis crash, so a
-        # client resuming later is never told an older version than one already announced.
+        # AOF on: a version acknowledged to the consumer survives a Redis process crash (the AOF is
+        # written before replies and pubsub messages go out). appendfsync everysec by default: it
+        # also survives a machine crash with `always`, at ~2 ms per release (docs/tuning.md).
         argv=[redis_server, "--port", str(s.redis_port), "--bind", s.host, "--dir", str(data),
-              "--save", "", "--appendonly", "yes", "--appendfsync", "always", "--protected-mode", "yes"],
+              "--save", "", "--appendonly", "yes", "--appendfsync", s.redis_fsync, "--protected-mode", "yes"],
         log=s.logs_dir / "redis.log",
         ready=lambda: _redis_ping(s),
         ready_timeout_s=30,

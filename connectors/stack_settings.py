@@ -38,6 +38,13 @@ def _flag(name: str, default: bool) -> bool:
     raise SettingError(f"{name} must be 1 or 0, got {raw!r}")
 
 
+def _choice(name: str, default: str, allowed: tuple[str, ...]) -> str:
+    raw = os.environ.get(name) or default
+    if raw not in allowed:
+        raise SettingError(f"{name} must be one of {', '.join(allowed)}, got {raw!r}")
+    return raw
+
+
 def _path(name: str, default: Path) -> Path:
     raw = os.environ.get(name)
     return Path(raw).resolve() if raw else default
@@ -62,6 +69,7 @@ class StackSettings:
     cdc_metrics_port: int
     pg_bin: Path
     host: str = "127.0.0.1"
+    redis_fsync: str = "everysec"  # Redis appendfsync: everysec or always (docs/tuning.md)
 
     @property
     def jars_dir(self) -> Path:
@@ -127,4 +135,5 @@ def load_stack_settings() -> StackSettings:
         release_gating=_flag("FRESHWIRE_RELEASE_GATING", True),
         cdc_metrics_port=_int("FRESHWIRE_CDC_METRICS_PORT", 19108),
         pg_bin=_path("FRESHWIRE_PG_BIN", Path(f"/usr/lib/postgresql/{PG_MAJOR}/bin")),
+        redis_fsync=_choice("FRESHWIRE_REDIS_FSYNC", "everysec", ("everysec", "always")),
     )
