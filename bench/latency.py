@@ -2,7 +2,7 @@
 WebSocket client, through real Debezium, Kafka, the consumer, Redis and the gateway, with the time
 broken down per hop.
 
-    .venv/bin/python -m bench.latency [--rates 10,100,1000] [--subscribers 1,100] [--seconds 5]
+    .venv/bin/python -m bench.latency [--rates 10,100,1000] [--subscribers 1,100] [--seconds 8]
                                       [--configs tuned,defaults,tuned-fsync-always]
 
 For each configuration (Freshwire's tuned one; Debezium/Kafka defaults: poll.interval.ms=500,
@@ -268,17 +268,23 @@ def arm(s: StackSettings, ids: list[int], rate: float, subs: int, seconds: float
 def plot(arms: list[dict[str, Any]]) -> None:
     plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
-    labels = [f"{a['config']}\n{a['rate']:.0f}/s×{a['subscribers']}" for a in arms]
-    xs = range(len(arms))
-    for q, marker in (("p50", "o"), ("p99", "^")):
-        left.plot(xs, [a["end_to_end_ms"][q] for a in arms], marker=marker, linestyle="", label=q)
+    cases = list(dict.fromkeys((a["rate"], a["subscribers"]) for a in arms))
+    configs = list(dict.fromkeys(a["config"] for a in arms))
+    for c, config in enumerate(configs):
+        mine = {(a["rate"], a["subscribers"]): a for a in arms if a["config"] == config}
+        xs = [i + (c - (len(configs) - 1) / 2) * 0.2 for i, case in enumerate(cases) if case in mine]
+        color = f"C{c}"
+        left.plot(xs, [mine[k]["end_to_end_ms"]["p50"] for k in cases if k in mine], "o", color=color,
+                  label=f"{config} p50")
+        left.plot(xs, [mine[k]["end_to_end_ms"]["p99"] for k in cases if k in mine], "^", color=color,
+                  label=f"{config} p99", alpha=0.6)
     left.set_yscale("log")
-    left.set_xticks(list(xs), labels, fontsize=7)
+    left.set_xticks(range(len(cases)), [f"{r:.0f} tx/s\n×{n} subs" for r, n in cases], fontsize=7)
     left.set_ylabel("commit → client (ms, log)")
     left.axhline(15, color="green", linewidth=0.8, linestyle="--", label="target p50 15 ms")
     left.axhline(60, color="red", linewidth=0.8, linestyle="--", label="target p99 60 ms")
-    left.legend(fontsize=7)
-    left.set_title("end-to-end latency")
+    left.legend(fontsize=6, ncol=2)
+    left.set_title("end-to-end latency (circles p50, triangles p99)")
     tuned = [a for a in arms if a["config"] == "tuned"]
     bottom = [0.0] * len(tuned)
     for hop in HOPS:
@@ -303,9 +309,9 @@ def main(argv: list[str] | None = None, run_arm: Callable[..., dict[str, Any]] =
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rates", default="10,100,1000")
     parser.add_argument("--subscribers", default="1,100")
-    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--configs", default=",".join(CONFIGS))
-    parser.add_argument("--warmup", type=float, default=5.0, help="seconds of load at the highest rate first")
+    parser.add_argument("--warmup", type=float, default=15.0, help="seconds of load at the highest rate first")
     args = parser.parse_args(argv)
     s = load_stack_settings()
     started = stack.up(s, quiet=True)

@@ -143,8 +143,9 @@ def replica_proc(s: StackSettings) -> Proc:
     """A streaming standby of the primary, cloned with pg_basebackup; its apply delay is a setting.
 
     It streams through a physical slot, so the primary keeps the WAL it needs while it is stopped (up
-    to max_slot_wal_keep_size). A replica that can no longer catch up (no slot: made before slots
-    were used, or its slot lost past that bound) is cloned again instead of failing to start.
+    to max_slot_wal_keep_size). A stack started without the replica drops that slot (it would hold
+    back vacuum through hot_standby_feedback's xmin); a replica that can no longer catch up (no slot,
+    or its slot lost past that bound) is cloned again instead of failing to start.
     """
     root = pg_root(s)
     data = root / "replica"
@@ -153,7 +154,7 @@ def replica_proc(s: StackSettings) -> Proc:
         shutil.rmtree(data)
     if not (data / "PG_VERSION").exists():
         if slot:
-            _drop_replica_slot(s)
+            drop_replica_slot(s)
         subprocess.run(
             [str(s.pg_bin / "pg_basebackup"), "-h", s.host, "-p", str(s.pg_port), "-U", "postgres",
              "-D", str(data), "-X", "stream", "--checkpoint=fast", "-C", "-S", REPLICA_SLOT],
@@ -185,12 +186,13 @@ def _replica_slot_state(s: StackSettings) -> str:
     return str(row[0]) if row else ""
 
 
-def _drop_replica_slot(s: StackSettings) -> None:
+def drop_replica_slot(s: StackSettings, slot: str = REPLICA_SLOT) -> None:
+    """Drop the replica's slot unless a replica streams through it."""
     import psycopg
 
     with psycopg.connect(s.pg_dsn, autocommit=True, connect_timeout=5) as conn:
         conn.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
-                     "WHERE slot_name = %s AND NOT active", (REPLICA_SLOT,))
+                     "WHERE slot_name = %s AND NOT active", (slot,))
 
 
 def _streaming(s: StackSettings) -> bool:

@@ -37,9 +37,17 @@ def _register_connector(s: StackSettings) -> None:
     register.register(s.connect_url, s.host, s.pg_port, pg_dsn=s.pg_dsn)
 
 
+def _postgres_ready(s: StackSettings) -> None:
+    services.apply_schema(s)
+    if not s.with_replica:
+        # An unused replica slot would hold back the primary's xmin (hot_standby_feedback) and WAL:
+        # every table would bloat while the stack runs without its replica.
+        services.drop_replica_slot(s)
+
+
 def parts(two_gateways: bool, with_replica: bool = False) -> list[Part]:
     found = [
-        Part("postgres", services.postgres_proc, after=services.apply_schema, after_always=True),
+        Part("postgres", services.postgres_proc, after=_postgres_ready, after_always=True),
         *([Part("replica", services.replica_proc)] if with_replica else []),
         Part("redis", services.redis_proc),
         Part("kafka", services.kafka_proc, after=services.create_topics),

@@ -63,3 +63,21 @@ async def test_operations_consumer_down_past_retention_flushes_every_key(stack_s
         # the change itself expired unread, yet both keys are invalidated: nobody keeps stale data
         await until(lambda: {f"card:{lost_card}", f"card:{bystander}"} <= {k for k, _v in c.received},
                     timeout_s=20, what="a flush of every key")
+
+
+def test_the_replica_streams_through_its_slot_and_an_unused_slot_is_dropped(stack_settings: StackSettings) -> None:
+    import psycopg
+
+    s = stack_settings
+    with psycopg.connect(s.pg_dsn, autocommit=True) as conn:
+        row = conn.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s",
+                           (services.REPLICA_SLOT,)).fetchone()
+        assert row is not None and row[0], "the replica streams through its physical slot"
+        services.drop_replica_slot(s)  # a streaming replica's slot stays
+        assert conn.execute("SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s",
+                            (services.REPLICA_SLOT,)).fetchone() == (1,)
+        # An unused one (as left by a stack now started without its replica) holds back vacuum: dropped.
+        conn.execute("SELECT pg_create_physical_replication_slot('freshwire_test_unused', true)")
+        services.drop_replica_slot(s, "freshwire_test_unused")
+        assert conn.execute("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'freshwire_test_unused'"
+                            ).fetchone() == (0,)
