@@ -32,7 +32,7 @@ lint:
 	@.venv/bin/mypy cdc gateway connectors demo clients bench
 
 # Benchmarks print tables and write bench/results/<name>.json and .png (each starts the stack it
-# needs and stops what it started). `make bench` runs them all one after the other (~25 minutes,
+# needs and stops what it started). `make bench` runs them all one after the other (~40 minutes,
 # 10 of them the sustained-throughput hold); never run two at once: they share the two cores.
 bench: bench-latency bench-throughput bench-fanout bench-dbload bench-consistency
 
