@@ -12,6 +12,7 @@ from typing import Any
 
 import psycopg
 
+from bench import procfs
 from cdc.versions import lsn_of_text
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -30,7 +31,7 @@ def parse_stat(line: str) -> ProcStat:
     """One /proc/<pid>/stat line; the command name may hold spaces and parentheses."""
     head, rest = line.rsplit(")", 1)
     f = rest.split()          # f[0] is field 3 (state)
-    return ProcStat(pid=int(head.split("(", 1)[0]), ppid=int(f[1]), ticks=int(f[11]) + int(f[12]),
+    return ProcStat(pid=int(head.split("(", 1)[0]), ppid=int(f[1]), ticks=procfs.stat_cpu_ticks(line),
                     child_ticks=int(f[13]) + int(f[14]))
 
 
@@ -84,12 +85,6 @@ def sample_tree(root: int) -> TreeSample:
     return TreeSample(top.ticks, top.child_ticks, children)
 
 
-def machine_ticks() -> tuple[int, int]:
-    """(busy, total) jiffies of all cores, from /proc/stat."""
-    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]  # guest is in user
-    return sum(values) - values[3] - values[4], sum(values)
-
-
 @dataclass(frozen=True)
 class Snapshot:
     t: float
@@ -102,7 +97,7 @@ class Snapshot:
 
 
 def snapshot(mon: psycopg.Connection[Any], root: int, pids: dict[str, int]) -> Snapshot:
-    tree, machine = sample_tree(root), machine_ticks()
+    tree, machine = sample_tree(root), procfs.machine_ticks(Path("/proc/stat").read_text())
     ticks = {name: st.ticks for name, pid in pids.items() if (st := read_stat(pid)) is not None}
     row = mon.execute("SELECT pg_current_wal_lsn()::text, wal_records, wal_fpi, wal_bytes::bigint, "
                       "(SELECT count(*) FROM pg_stat_replication) FROM pg_stat_wal").fetchone()

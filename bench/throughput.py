@@ -31,12 +31,12 @@ import threading
 import time
 import urllib.request
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import psycopg
 from confluent_kafka import Consumer, TopicPartition
 
+from bench import procfs
 from bench.latency import observe, paced, probe
 from bench.report import machine_info, profile_start, profile_stop, pyplot, save_figure, summary, write_json
 from connectors import stack
@@ -169,7 +169,7 @@ def replay(s: StackSettings, timeout_s: float, profile: bool) -> dict[str, Any]:
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "cdc"], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
     samples: list[tuple[float, float]] = []
-    cpu0 = cpu_seconds(proc.pid)
+    cpu0 = procfs.cpu_seconds(proc.pid)
     profiler = profile_start(proc.pid, "replay") if profile else None
     shares: list[dict[str, Any]] = []
     try:
@@ -181,7 +181,7 @@ def replay(s: StackSettings, timeout_s: float, profile: bool) -> dict[str, Any]:
                 if n >= end:
                     break
             time.sleep(0.25)
-        cpu = cpu_seconds(proc.pid) - cpu0
+        cpu = procfs.cpu_seconds(proc.pid) - cpu0
         shares = profile_stop(profiler, "replay")
     finally:
         proc.terminate()
@@ -190,7 +190,8 @@ def replay(s: StackSettings, timeout_s: float, profile: bool) -> dict[str, Any]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-    return {"topic_records": end, **replay_rate(samples), "cpu_s": round(cpu, 2), "log": str(log), "profile": shares,
+    return {"topic_records": end, **replay_rate(samples), "cpu_s": round(cpu, 2),
+            "log": f"<state dir>/logs/{log.name}", "profile": shares,
             "max_records_per_consume": int(os.environ.get("FRESHWIRE_CDC_MAX_RECORDS", "2000"))}
 
 
@@ -215,14 +216,6 @@ def topic_end(s: StackSettings) -> int:
         return total
     finally:
         consumer.close()
-
-
-def cpu_seconds(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def plot(steps: list[dict[str, Any]], hold: list[dict[str, Any]], hold_rate: float) -> None:
