@@ -9,9 +9,10 @@ transactions; the END event's LSN is the commit record's end position, which is.
 
 from __future__ import annotations
 
-from collections import defaultdict
-from dataclasses import dataclass, field
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field, replace
 
+from cdc.keyset import KeyLimits, KeySet
 from cdc.model import Batch, Heartbeat, LogicalMessage, Record, RowChange, Tombstone, TxBegin, TxEnd
 from cdc.rules import Invalidation, Rules
 from cdc.versions import version_of_lsn
@@ -21,14 +22,18 @@ from cdc.versions import version_of_lsn
 class _OpenTx:
     tx_id: str
     first_offset: int
-    keys: dict[str, None] = field(default_factory=dict)
-    prefixes: dict[str, None] = field(default_factory=dict)
+    keys: KeySet
     ops: dict[str, dict[str, int]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(int)))
+    events: Counter[str] = field(default_factory=Counter)  # per data collection, to check against END
 
     def add(self, change: RowChange, inv: Invalidation) -> None:
-        self.keys.update(dict.fromkeys(inv.keys))
-        self.prefixes.update(dict.fromkeys(inv.prefixes))
+        self.keys.add(change.qualified, inv.keys, inv.prefixes)
         self.ops[change.qualified][change.op] += 1
+        self.events[change.qualified] += 1
+
+
+# Debezium counts a transaction's logical messages under a Java object's name, not a table's.
+NOT_A_TABLE = "io.debezium."
 
 
 class Assembler:
@@ -38,8 +43,9 @@ class Assembler:
     every transaction not yet released, from its BEGIN.
     """
 
-    def __init__(self, rules: Rules, last_version: str = "") -> None:
+    def __init__(self, rules: Rules, last_version: str = "", limits: KeyLimits | None = None) -> None:
         self._rules = rules
+        self._limits = limits or KeyLimits()
         self._open: _OpenTx | None = None
         self.last_version = last_version
         self.safe_offset: int | None = None
@@ -52,14 +58,32 @@ class Assembler:
         self.last_version = last_version
         self.safe_offset = None
 
+    def _new_tx(self, tx_id: str, offset: int) -> _OpenTx:
+        return _OpenTx(tx_id, offset, KeySet(self._limits, self._rules.parent))
+
+    def _begin(self, tx_id: str, offset: int) -> _OpenTx:
+        """Open `tx_id`. A transaction still open here lost its END (Connect dropped it): its keys and
+        changes ride along with this one, released at this later commit, never dropped."""
+        tx = self._new_tx(tx_id, offset)
+        lost = self._open
+        if lost is not None and lost.tx_id != tx_id:
+            tx.first_offset = lost.first_offset
+            tx.keys.add_all(lost.keys)
+            for table, ops in lost.ops.items():
+                for op, n in ops.items():
+                    tx.ops[table][op] += n
+        self._open = tx
+        return tx
+
     def skip(self, offset: int) -> None:
-        """A record that was dead-lettered: past it once no transaction is in hand."""
+        """A record that was dead-lettered: past it once no transaction is in hand. (Inside a
+        transaction, END's event count finds it missing and its table is invalidated whole.)"""
         if self._open is None:
             self.safe_offset = offset + 1
 
     def feed(self, record: Record, offset: int) -> Batch | None:
         if isinstance(record, TxBegin):
-            self._open = _OpenTx(record.tx_id, offset)
+            self._begin(record.tx_id, offset)
             return None
         if isinstance(record, RowChange):
             return self._change(record, offset)
@@ -67,32 +91,37 @@ class Assembler:
             return self._end(record, offset)
         if isinstance(record, LogicalMessage) and record.tx_id is not None:
             if self._open is None or self._open.tx_id != record.tx_id:
-                self._open = _OpenTx(record.tx_id, offset)
+                self._begin(record.tx_id, offset)
             return None
         if isinstance(record, (Heartbeat, Tombstone, LogicalMessage)) and self._open is None:
             self.safe_offset = offset + 1
         return None
 
     def _change(self, change: RowChange, offset: int) -> Batch | None:
-        inv = self._rules.for_change(change)
         if change.tx_id is None:
             # No transaction metadata (snapshot reads, or the connector runs without it): the record
             # is its own batch, versioned by its own position.
-            tx = _OpenTx(f"lsn:{change.lsn}", offset)
-            tx.add(change, inv)
-            return self._release(tx, change.lsn, change.ts_ms, offset, same_version_ok=True)
-        if self._open is None or self._open.tx_id != change.tx_id:
-            # A change whose BEGIN we did not see: start the transaction here.
-            self._open = _OpenTx(change.tx_id, offset)
-        self._open.add(change, inv)
+            single = self._new_tx(f"lsn:{change.lsn}", offset)
+            single.add(change, self._rules.for_change(change))
+            return self._release(single, change.lsn, change.ts_ms, offset, same_version_ok=True)
+        open_tx = self._open
+        if open_tx is None or open_tx.tx_id != change.tx_id:
+            open_tx = self._begin(change.tx_id, offset)  # a change whose BEGIN we did not see
+        open_tx.add(change, self._rules.for_change(change, open_tx.keys.depth))
         return None
 
     def _end(self, end: TxEnd, offset: int) -> Batch | None:
-        tx = self._open if self._open is not None and self._open.tx_id == end.tx_id else _OpenTx(end.tx_id, offset)
+        tx = self._open if self._open is not None and self._open.tx_id == end.tx_id else self._new_tx(end.tx_id, offset)
         self._open = None
-        return self._release(tx, end.end_lsn, end.ts_ms, offset)
+        missing = tuple((table, expected - tx.events[table]) for table, expected in end.collections
+                        if expected > tx.events[table] and not table.startswith(NOT_A_TABLE))
+        for table, _n in missing:
+            inv = self._rules.for_missing(table)
+            tx.keys.add(table, inv.keys, inv.prefixes)
+        return self._release(tx, end.end_lsn, end.ts_ms, offset, missing=missing)
 
-    def _release(self, tx: _OpenTx, lsn: int, ts_ms: int, offset: int, same_version_ok: bool = False) -> Batch | None:
+    def _release(self, tx: _OpenTx, lsn: int, ts_ms: int, offset: int, same_version_ok: bool = False,
+                 missing: tuple[tuple[str, int], ...] = ()) -> Batch | None:
         if self._open is None:
             self.safe_offset = offset + 1
         version = version_of_lsn(lsn)
@@ -102,13 +131,29 @@ class Assembler:
             return None
         self.last_version = version
         if self.flush_next:
-            tx.prefixes[""] = None
+            tx.keys.prefixes[""] = ""
             self.flush_next = False
         return Batch(
             version=version,
             tx_id=tx.tx_id,
             commit_ts_ms=ts_ms,
-            keys=tuple(tx.keys),
-            prefixes=tuple(tx.prefixes),
+            keys=tuple(tx.keys.keys),
+            prefixes=tuple(tx.keys.prefixes),
             ops={table: dict(ops) for table, ops in tx.ops.items()},
+            degraded=tx.keys.degraded,
+            missing=missing,
         )
+
+
+def whole_tables(batch: Batch, rules: Rules) -> Batch:
+    """The same transaction as a few prefixes: every table it changed invalidated as a truncate would.
+    For a release Redis refuses as it is; covers everything `batch` covers."""
+    keys: dict[str, None] = {}
+    prefixes: dict[str, None] = {}
+    for table in batch.ops:
+        inv = rules.for_missing(table)
+        keys.update(dict.fromkeys(inv.keys))
+        prefixes.update(dict.fromkeys(inv.prefixes))
+    if "" in batch.prefixes:
+        prefixes[""] = None
+    return replace(batch, keys=tuple(keys), prefixes=tuple(prefixes), degraded=True)

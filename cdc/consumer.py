@@ -16,10 +16,12 @@ from typing import Any
 
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from cdc.assembler import Assembler
+from cdc.assembler import Assembler, whole_tables
+from cdc.connector_watch import ConnectorWatcher
 from cdc.decode import decode
-from cdc.effects import EffectError, KafkaOutputs, RedisRelease
+from cdc.effects import MAX_MESSAGE_BYTES, EffectError, KafkaOutputs, RedisRelease
 from cdc.errors import DecodeError
+from cdc.keyset import KeyLimits
 from cdc.metrics import Metrics
 from cdc.model import Batch
 from cdc.replicas import HoldPolicy, ReplicaWatcher, decide
@@ -47,6 +49,10 @@ def consumer_config(settings: Settings) -> dict[str, object]:
         # not after librdkafka's default 45 s: found by the chaos harness.
         "session.timeout.ms": 6000,
         "heartbeat.interval.ms": 1500,
+        # Fetches always return at least one whole record, so a record as large as the topic allows
+        # is read in one go; this only bounds how much one fetch brings in.
+        "fetch.max.bytes": MAX_MESSAGE_BYTES * 2,
+        "max.partition.fetch.bytes": 4 * 1024 * 1024,
         "log_level": 4,
     }
 
@@ -58,6 +64,7 @@ class Pipeline:
         self.metrics = metrics
         self.stop = stop
         self.assemblers: dict[int, Assembler] = {}
+        self.limits = KeyLimits(settings.cdc_max_tx_keys, settings.cdc_max_tx_key_bytes, settings.cdc_max_tx_prefixes)
         self.redis = RedisRelease(settings.redis_url)
         self.outputs = KafkaOutputs(settings.kafka_bootstrap, settings.ops_topic, settings.dlq_topic)
         self.consumer = Consumer({**consumer_config(settings), "on_commit": self._on_commit})
@@ -65,6 +72,8 @@ class Pipeline:
         self.replicas = ReplicaWatcher(settings.replicas, metrics) if settings.replicas else None
         self.slot = SlotMonitor(settings.primary_dsn, settings.slot_name, metrics) if settings.primary_dsn else None
         self._last_slot_check = 0.0
+        self.connector = (ConnectorWatcher(settings.connect_url, settings.connector_name, settings.connect_poll_s,
+                                           metrics, stop) if settings.connect_url else None)
 
     # -- rebalance: the stream restarts from the committed offset, so forget what is in hand
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -73,7 +82,7 @@ class Pipeline:
         # from the committed offset (a restart, a new group) skips batches done by both effects.
         released = min(self._released_watermark(), self.outputs.ops_version or "")
         for p in partitions:
-            self.assemblers[p.partition] = Assembler(self.rules, last_version=released)
+            self.assemblers[p.partition] = Assembler(self.rules, last_version=released, limits=self.limits)
         try:
             positions = consumer.committed(partitions, timeout=10)
         except KafkaException as exc:
@@ -92,7 +101,7 @@ class Pipeline:
                           "flushing every key with the next release", committed.partition, committed.offset, low)
                 self.metrics.retention_overruns.inc()
                 # Release from the first record on (not from the watermark), so the flush goes out at once.
-                self.assemblers[committed.partition] = Assembler(self.rules)
+                self.assemblers[committed.partition] = Assembler(self.rules, limits=self.limits)
                 self.assemblers[committed.partition].flush_next = True
         log.info("assigned %s", [p.partition for p in partitions])
 
@@ -111,6 +120,8 @@ class Pipeline:
     def run(self) -> None:
         self.consumer.subscribe([self.settings.cdc_topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
         self.metrics.set_effects_ok(True)
+        if self.connector is not None:
+            self.connector.start()
         log.info("consuming %s as group %s", self.settings.cdc_topic, self.settings.cdc_group)
         try:
             while not self.stop.is_set():
@@ -161,8 +172,27 @@ class Pipeline:
             if batch is not None:
                 batches.append(replace(batch, arrival_ms=(float(msg.timestamp()[1]), received_ms)))
         self.metrics.records_in.inc(records)
+        self._report(batches)
         self._apply(batches)
         self._commit(touched)
+
+    def _report(self, batches: list[Batch]) -> None:
+        """Degraded batches and missing events: counted, logged, in /readyz, and noted in the DLQ."""
+        for b in batches:
+            if b.degraded:
+                self.metrics.degraded.inc()
+                self.metrics.detail["last_degraded"] = {"version": b.version, "txId": b.tx_id,
+                                                        "keys": len(b.keys), "prefixes": len(b.prefixes)}
+                log.info("transaction %s at %s too large to carry key by key: %s key(s) and %s prefix(es) instead",
+                         b.tx_id, b.version, len(b.keys), len(b.prefixes))
+            for table, n in b.missing:
+                self.metrics.missing_events.labels(table).inc(n)
+                self.metrics.detail["last_missing"] = {"version": b.version, "txId": b.tx_id, "table": table,
+                                                       "events": n}
+                log.warning("transaction %s at %s: %s event(s) of %s never reached the stream (dropped by "
+                            "Connect or dead-lettered): the table is invalidated whole", b.tx_id, b.version, n, table)
+                self.outputs.note("missing_events", f"transaction {b.tx_id} at {b.version}: {n} event(s) of "
+                                  f"{table} missing; invalidated as a truncate of {table}", b.version.encode())
 
     def _apply(self, batches: list[Batch]) -> None:
         if self.replicas is None:
@@ -200,13 +230,28 @@ class Pipeline:
                 self.metrics.hold.observe(waited)
 
     def _release_now(self, batches: list[Batch]) -> None:
-        self._retrying("redis", lambda: self.redis.release(batches))
+        try:
+            self._retrying("redis", lambda: self.redis.release(batches), permanent_raises=True)
+        except EffectError as exc:
+            if exc.retriable:
+                raise
+            # Redis refuses this call itself: release each transaction's tables whole (a few prefixes)
+            # instead, and keep retrying that; never skip a release.
+            log.error("redis refused the release for good (%s): releasing %s batch(es) as whole tables",
+                      exc, len(batches))
+            self.metrics.effect_refusals.labels("redis").inc()
+            smaller = [whole_tables(b, self.rules) for b in batches]
+            self._retrying("redis", lambda: self.redis.release(smaller))
 
     def _append_ops(self, batches: list[Batch]) -> None:
         self.outputs.append_ops(batches)
         self.outputs.flush()
+        for what, _why in self.outputs.refused:
+            self.metrics.effect_refusals.labels("kafka").inc()
+            self.metrics.detail["last_refused"] = what
+        self.outputs.refused.clear()
 
-    def _retrying(self, effect: str, action: Callable[[], Any]) -> None:
+    def _retrying(self, effect: str, action: Callable[[], Any], permanent_raises: bool = False) -> None:
         delay = 0.05
         while True:
             try:
@@ -214,6 +259,8 @@ class Pipeline:
                 self.metrics.set_effects_ok(True)
                 return
             except EffectError as exc:
+                if permanent_raises and not exc.retriable:
+                    raise
                 self.metrics.set_effects_ok(False)
                 self.metrics.retries.labels(effect).inc()
                 log.warning("%s effect failed, retrying in %.2fs: %s", effect, delay, exc)

@@ -58,7 +58,21 @@ def _transaction(value: dict[str, Any]) -> Record:
         return TxBegin(tx_id=xid)
     count = value.get("event_count")
     return TxEnd(tx_id=xid, end_lsn=lsn, ts_ms=_int(value.get("ts_ms", 0), "ts_ms"),
-                 event_count=_int(count, "event_count"))
+                 event_count=_int(count, "event_count"), collections=_collections(value.get("data_collections")))
+
+
+def _collections(value: Any) -> tuple[tuple[str, int], ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise DecodeError("bad_transaction", "data_collections must be a list")
+    found = []
+    for item in value:
+        name = item.get("data_collection") if isinstance(item, dict) else None
+        if not isinstance(name, str):
+            raise DecodeError("bad_transaction", "data_collections entries need a data_collection name")
+        found.append((name, _int(item.get("event_count"), "data_collections.event_count")))
+    return tuple(found)
 
 
 def _change(key: Any, value: dict[str, Any]) -> RowChange:

@@ -11,6 +11,7 @@ from typing import Any
 import redis
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
+from cdc.decode import MAX_RECORD_BYTES
 from cdc.errors import DecodeError
 from cdc.model import Batch
 from cdc.redis_layout import PREFIXES, RELEASE_LUA, VERSIONS, WATERMARK, hops_arg, release_args, tx_key
@@ -22,9 +23,26 @@ RECOVER_TIMEOUT_S = 10.0
 
 
 class EffectError(RuntimeError):
-    """An effect did not complete; the batch is retried (all effects are idempotent)."""
+    """An effect did not complete; the batch is retried (all effects are idempotent).
 
-    retriable = True
+    `retriable` False: the same call will fail again (Redis refused the script call itself); the
+    consumer then retries the batch in its smallest form (cdc.assembler.whole_tables) instead.
+    """
+
+    def __init__(self, message: str, retriable: bool = True) -> None:
+        super().__init__(message)
+        self.retriable = retriable
+
+
+# Redis errors that go away by themselves: memory freed, a script finished, a replica promoted, a
+# cluster slot moved, data loading after a restart. Any other reply error repeats for the same call.
+TRANSIENT_REPLY = ("OOM", "BUSY", "LOADING", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "MOVED", "ASK",
+                   "NOREPLICAS", "NOSCRIPT")
+
+
+def _redis_error(exc: redis.RedisError) -> EffectError:
+    permanent = isinstance(exc, redis.ResponseError) and not str(exc).startswith(TRANSIENT_REPLY)
+    return EffectError(f"redis: {exc}", retriable=not permanent)
 
 
 class RedisRelease:
@@ -48,7 +66,7 @@ class RedisRelease:
                              client=pipe)
             return sum(int(n) for n in pipe.execute())
         except redis.RedisError as exc:
-            raise EffectError(f"redis: {exc}") from exc
+            raise _redis_error(exc) from exc
 
     def watermark(self) -> str | None:
         """The last released version; raises EffectError if Redis did not answer."""
@@ -63,14 +81,23 @@ class RedisRelease:
 
 
 def ops_record(batch: Batch) -> bytes:
-    return json.dumps({
+    body: dict[str, Any] = {
         "version": batch.version,
         "txId": batch.tx_id,
         "commitTs": batch.commit_ts_ms,
         "keys": list(batch.keys),
         "prefixes": list(batch.prefixes),
         "ops": batch.ops,
-    }, separators=(",", ":")).encode()
+    }
+    if batch.degraded:
+        body["degraded"] = True
+    if batch.missing:
+        body["missing"] = dict(batch.missing)
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+# Broker, topics, producers and consumers share one record size limit (docs/cdc.md, "Limits").
+MAX_MESSAGE_BYTES = MAX_RECORD_BYTES
 
 
 def last_ops_version(bootstrap: str, topic: str) -> str:
@@ -111,6 +138,7 @@ class KafkaOutputs:
             "acks": "all",
             "linger.ms": 1,
             "socket.nagle.disable": True,
+            "message.max.bytes": MAX_MESSAGE_BYTES + 64 * 1024,  # room for the headers around the largest record
             "log_level": 3,
         })
         self._ops_topic = ops_topic
@@ -118,27 +146,62 @@ class KafkaOutputs:
         self.ops_version = last_ops_version(bootstrap, ops_topic)
         self._produced = self.ops_version  # produced, maybe not yet acknowledged
         self._failures: list[str] = []
+        # Records Kafka refused for good (too large for the topic): dead-lettered without their value.
+        self.refused: list[tuple[str, str]] = []  # (what, why)
 
     def _on_ops(self, err: KafkaError | None, msg: Message) -> None:
-        if err is not None:
+        version = (msg.key() or b"").decode()
+        if err is not None and (err.retriable() or not version):
             self._failures.append(str(err))
             self._produced = self.ops_version  # produce again from the last acknowledged one
             return
-        version = (msg.key() or b"").decode()
+        if err is not None:
+            self._refuse(f"ops record {version}", str(err), msg.key())
         if version > self.ops_version:
             self.ops_version = version
 
-    def _on_dlq(self, err: KafkaError | None, _msg: Message) -> None:
-        if err is not None:
+    def _on_dlq(self, err: KafkaError | None, msg: Message) -> None:
+        if err is None:
+            return
+        if err.retriable() or msg.value() is None:
             self._failures.append(str(err))
+        else:  # the original bytes are too large for the DLQ: keep the headers, which say where they are
+            self._producer.produce(self._dlq_topic, key=msg.key(), value=None,
+                                   headers=[*(msg.headers() or []), ("freshwire.value.dropped", str(err).encode())],
+                                   on_delivery=self._on_dlq)
+
+    def _refuse(self, what: str, why: str, key: bytes | None) -> None:
+        log.error("kafka refused %s for good (%s): dead-lettered as a note, the stream goes on", what, why)
+        self.refused.append((what, why))
+        self.note("refused", f"{what}: {why}", key)
+
+    def _produce(self, topic: str, key: bytes | None, value: bytes | None, on_delivery: Any,
+                 headers: list[tuple[str, Any]] | None = None) -> None:
+        """produce(), waiting while the local queue is full; a record over the size limit raises
+        KafkaException(MSG_SIZE_TOO_LARGE) here, which the caller turns into a note."""
+        while True:
+            try:
+                self._producer.produce(topic, key=key, value=value, headers=headers, on_delivery=on_delivery)
+                return
+            except BufferError:
+                self._producer.poll(0.1)
 
     def append_ops(self, batches: Sequence[Batch]) -> None:
         for b in batches:
             if b.empty or b.version <= self._produced:
                 continue
             self._produced = b.version
-            self._producer.produce(self._ops_topic, key=b.version.encode(), value=ops_record(b),
-                                   on_delivery=self._on_ops)
+            try:
+                self._produce(self._ops_topic, b.version.encode(), ops_record(b), self._on_ops)
+            except KafkaException as exc:
+                self._refuse(f"ops record {b.version}", str(exc), b.version.encode())
+                self.ops_version = max(self.ops_version, b.version)
+
+    def note(self, code: str, message: str, key: bytes | None = None) -> None:
+        """A dead letter that carries no record, only what happened (a refused output, missing events)."""
+        headers: list[tuple[str, Any]] = [("freshwire.error.code", code.encode()),
+                                          ("freshwire.error.message", message[:1000].encode())]
+        self._produce(self._dlq_topic, key, None, self._on_dlq, headers)
 
     def dead_letter(self, msg: Message, error: DecodeError) -> None:
         headers: list[tuple[str, Any]] = [
@@ -148,8 +211,11 @@ class KafkaOutputs:
             ("freshwire.source.partition", str(msg.partition()).encode()),
             ("freshwire.source.offset", str(msg.offset()).encode()),
         ]
-        self._producer.produce(self._dlq_topic, key=msg.key(), value=msg.value(), headers=headers,
-                               on_delivery=self._on_dlq)
+        try:
+            self._produce(self._dlq_topic, msg.key(), msg.value(), self._on_dlq, headers)
+        except KafkaException as exc:
+            self._produce(self._dlq_topic, msg.key(), None, self._on_dlq,
+                          [*headers, ("freshwire.value.dropped", str(exc).encode())])
 
     def flush(self, timeout_s: float = 10.0) -> None:
         """Wait until everything produced is acknowledged; raises EffectError otherwise."""

@@ -55,7 +55,23 @@ class Metrics:
             "freshwire_cdc_retention_overruns_total",
             "restarts that found the input topic's retention past the committed offset (every key flushed)",
             registry=r)
+        self.degraded = Counter("freshwire_cdc_degraded_batches_total",
+                                "transactions too large to carry key by key, released as prefixes", registry=r)
+        self.missing_events = Counter(
+            "freshwire_cdc_missing_events_total",
+            "events a transaction's END counted that never reached the consumer (table invalidated whole)",
+            ["table"], registry=r)
+        self.effect_refusals = Counter(
+            "freshwire_cdc_effect_refusals_total",
+            "outputs refused for good (Kafka: noted in the DLQ; Redis: released as whole tables)", ["effect"],
+            registry=r)
+        self.connector_restarts = Counter("freshwire_connector_task_restarts_total",
+                                          "failed Debezium tasks restarted through Connect's REST API", registry=r)
+        self.connector_running = Gauge("freshwire_connector_running",
+                                       "1 while the connector and every task run (when Connect is watched)",
+                                       registry=r)
         self.effects_ok = True
+        self.connector_ok = True  # stays True when FRESHWIRE_CONNECT_URL is not set
         self.detail: dict[str, object] = {}
 
     def set_effects_ok(self, ok: bool) -> None:
@@ -65,7 +81,7 @@ class Metrics:
     def readiness(self) -> tuple[bool, dict[str, object]]:
         slot = self.detail.get("slot_state")
         lost = isinstance(slot, dict) and slot.get("wal_status") == "lost"
-        ok = self.effects_ok and not lost
+        ok = self.effects_ok and not lost and self.connector_ok
         return ok, {"status": "ready" if ok else "not ready", "effects": "ok" if self.effects_ok else "retrying",
                     **self.detail}
 

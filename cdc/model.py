@@ -25,6 +25,9 @@ class TxEnd:
     end_lsn: int
     ts_ms: int
     event_count: int
+    # Events per data collection ("schema.table", or Debezium's name for logical messages), as the
+    # connector emitted them: the consumer checks that every one of them reached it.
+    collections: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +76,11 @@ class Batch:
     ops: dict[str, dict[str, int]] = field(default_factory=dict)
     # (Kafka timestamp of the record that completed it, consumer receipt), epoch ms: per-hop latency.
     arrival_ms: tuple[float, float] = (0.0, 0.0)
+    # Too many keys to carry one by one: keys were replaced by prefixes (cdc/keyset.py).
+    degraded: bool = False
+    # Tables whose END counted more events than reached the consumer (dropped or dead-lettered):
+    # invalidated as a truncate would. (table, events missing)
+    missing: tuple[tuple[str, int], ...] = ()
 
     @property
     def empty(self) -> bool:

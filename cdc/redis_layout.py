@@ -124,10 +124,36 @@ def release_args(version: str, commit_ts_ms: int, keys: tuple[str, ...], prefixe
     return [version, CHANNEL, str(commit_ts_ms), str(len(keys)), tx_id, str(tx_ttl_s), hops, *keys, *prefixes]
 
 
+class PrefixSet:
+    """Released prefixes, grouped by length: the ones a key starts with are found with one lookup per
+    distinct prefix length, not one comparison per prefix (a degraded batch carries hundreds)."""
+
+    __slots__ = ("lengths", "versions")
+
+    def __init__(self, versions: dict[str, str]) -> None:
+        self.versions = versions
+        self.lengths = sorted({len(p) for p in versions})
+
+    def covering(self, key: str) -> list[str]:
+        """The prefixes `key` starts with."""
+        found = []
+        for length in self.lengths:
+            if length > len(key):
+                break
+            if key[:length] in self.versions:
+                found.append(key[:length])
+        return found
+
+    def version_of(self, own: str | None, key: str) -> str | None:
+        """A key's version, counting truncates and degraded batches of any prefix it starts with."""
+        best = own
+        for prefix in self.covering(key):
+            version = self.versions[prefix]
+            if best is None or version > best:
+                best = version
+        return best
+
+
 def effective_version(own: str | None, key: str, prefix_versions: dict[str, str]) -> str | None:
     """A key's version, counting truncates of any prefix it starts with."""
-    best = own
-    for prefix, version in prefix_versions.items():
-        if key.startswith(prefix) and (best is None or version > best):
-            best = version
-    return best
+    return PrefixSet(prefix_versions).version_of(own, key)

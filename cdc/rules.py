@@ -15,7 +15,7 @@ import re
 import string
 import tomllib
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,26 @@ TABLE_KEYS = frozenset({"keys", "columns", "outbox"})
 class Template:
     text: str
     fields: tuple[str, ...]
+    # The literal text around the placeholders: literals[i] precedes fields[i], the last one ends it.
+    literals: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    # parents[m] fully matches a key or prefix that keeps the first m fields (m = 1..len(fields)).
+    parents: tuple[re.Pattern[str], ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        literals: list[str] = []
+        text = ""
+        for literal, name, _spec, _conversion in string.Formatter().parse(self.text):
+            text += literal
+            if name is not None:
+                literals.append(text)
+                text = ""
+        literals.append(text)
+        object.__setattr__(self, "literals", tuple(literals))
+        patterns = [re.compile(re.escape(literals[0]))]
+        for m in range(1, len(literals)):
+            body = "".join(f"(.*?){re.escape(lit)}" for lit in literals[1:m + 1])
+            patterns.append(re.compile(re.escape(literals[0]) + body, re.DOTALL))
+        object.__setattr__(self, "parents", tuple(patterns))
 
     @property
     def prefix(self) -> str:
@@ -38,25 +58,36 @@ class Template:
 
         For a template without placeholders, the key itself. Escaped braces ({{, }}) count as one brace.
         """
-        literal = []
-        for text, name, _spec, _conversion in string.Formatter().parse(self.text):
-            literal.append(text)
-            if name is not None:
-                break
-        return "".join(literal)
+        return self.literals[0]
 
     def render(self, row: Row) -> str | None:
         """The key for `row`; None when a field is null (the row has no such parent).
 
         Raises KeyError when a field is absent from the image.
         """
-        values = {}
-        for name in self.fields:
+        return self.render_prefix(row, len(self.fields))
+
+    def render_prefix(self, row: Row, keep: int) -> str | None:
+        """The key's prefix that keeps its first `keep` fields and the literal after them (the whole key
+        when `keep` is the number of fields). None when a kept field is null; KeyError when absent."""
+        parts = [self.literals[0]]
+        for name, literal in zip(self.fields[:keep], self.literals[1:keep + 1], strict=True):
             value = row[name]
             if value is None:
                 return None
-            values[name] = value
-        return self.text.format_map(values)
+            parts.append(str(value))
+            parts.append(literal)
+        return "".join(parts)
+
+    def parent(self, text: str) -> str | None:
+        """The prefix one field shorter than `text` (a key or prefix this template renders), or None
+        when `text` is not one of its keys or prefixes or keeps no field already. Always a string
+        prefix of `text`, so whatever lies under `text` lies under it too."""
+        for m in range(len(self.parents) - 1, 0, -1):
+            match = self.parents[m].fullmatch(text)
+            if match is not None and match.start(m) < len(text):
+                return text[:match.start(m)]
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,21 +140,23 @@ def _table_rule(table: str, spec: Any) -> TableRule:
     outbox = spec.get("outbox", False)
     if not isinstance(outbox, bool):
         raise RulesError(f"table {table}: outbox must be true or false")
-    return TableRule(
-        templates=tuple(parse_template(table, t) for t in keys),
-        columns=None if columns is None else frozenset(columns),
-        outbox=outbox,
-    )
+    templates = tuple(parse_template(table, t) for t in keys)
+    # A template's own columns always count: a row moving to another parent changes its keys.
+    read = None if columns is None else frozenset(columns).union(*(t.fields for t in templates))
+    return TableRule(templates=templates, columns=read, outbox=outbox)
 
 
 @dataclass(frozen=True)
 class Rules:
     tables: dict[str, TableRule]
 
-    def for_change(self, change: RowChange) -> Invalidation:
+    def for_change(self, change: RowChange, depth: int = 0) -> Invalidation:
+        """The keys and prefixes `change` invalidates. With `depth` > 0 (a transaction too large to carry
+        key by key, see cdc/keyset.py) each templated key is replaced by its prefix without its last
+        `depth` fields, and each outbox key by its prefix `depth` colon-separated parts shorter."""
         rule = self.tables.get(change.qualified) or default_rule(change)
         if rule.outbox:
-            return _outbox_keys(change)
+            return _narrowed(_outbox_keys(change), depth)
         if change.op == "t":
             return _truncate(rule)
         if change.op == "u" and not _relevant_update(rule, change):
@@ -134,14 +167,58 @@ class Rules:
             if image is None:
                 continue
             for template in rule.templates:
+                n = len(template.fields)
+                keep = max(0, n - depth)
                 try:
-                    key = template.render(image)
+                    key = template.render_prefix(image, keep)
                 except KeyError:
                     prefixes[template.prefix] = None
                     continue
                 if key is not None:
-                    keys[key] = None
+                    (keys if keep == n else prefixes)[key] = None
         return Invalidation(tuple(keys), tuple(prefixes))
+
+    def for_missing(self, table: str) -> Invalidation:
+        """Changes of `table` that never reached the stream (dropped by Connect, or dead-lettered):
+        invalidate what a truncate of the table would."""
+        rule = self.tables.get(table)
+        if rule is None:
+            schema, _, name = table.partition(".")
+            rule = default_rule(RowChange(schema, name, "t", None, None, None, None, 0, 0))
+        if rule.outbox:
+            return Invalidation((), ("",))  # outbox keys are free-form: only everything covers them
+        return _truncate(rule)
+
+    def parent(self, table: str, text: str) -> str:
+        """A strict string prefix of `text` (a key or prefix of `table`'s rule) one field shorter,
+        or `text` itself when it cannot be shortened along a template (it is a template's literal
+        prefix already). Keys no template of the table renders (outbox keys) are shortened at ':'."""
+        rule = self.tables.get(table)
+        best: str | None = None
+        for template in rule.templates if rule is not None else ():
+            if template.prefix == text:
+                return text
+            found = template.parent(text)
+            if found is not None and len(found) < len(text) and (best is None or len(found) > len(best)):
+                best = found
+        return best if best is not None else colon_parent(text)
+
+
+def colon_parent(text: str) -> str:
+    """The longest prefix of `text` that ends with ':' and is shorter than it; "" when there is none."""
+    cut = text.rfind(":", 0, len(text) - 1)
+    return text[:cut + 1] if cut >= 0 else ""
+
+
+def _narrowed(inv: Invalidation, depth: int) -> Invalidation:
+    if depth == 0 or not inv.keys:
+        return inv
+    prefixes: dict[str, None] = dict.fromkeys(inv.prefixes)
+    for key in inv.keys:
+        for _ in range(depth):
+            key = colon_parent(key)
+        prefixes[key] = None
+    return Invalidation((), tuple(prefixes))
 
 
 def default_name(change: RowChange) -> str:

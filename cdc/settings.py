@@ -31,6 +31,12 @@ class Settings:
     replica_poll_ms: float = 5.0
     max_hold_ms: float = 5000.0
     hold_policy: str = "release"
+    connect_url: str = ""
+    connector_name: str = "freshwire-postgres"
+    connect_poll_s: float = 2.0
+    cdc_max_tx_keys: int = 10_000
+    cdc_max_tx_key_bytes: int = 256 * 1024
+    cdc_max_tx_prefixes: int = 256
 
     @property
     def replicas(self) -> list[str]:
@@ -61,6 +67,12 @@ HELP = {
     "replica_poll_ms": "how often replicas are asked for their replay position while a batch is held",
     "max_hold_ms": "longest a batch is held for the replicas",
     "hold_policy": "past max_hold: 'release' (counted as stale) or 'hold' (keep waiting)",
+    "connect_url": "Kafka Connect's REST URL: watch the connector, restart failed tasks (empty: off)",
+    "connector_name": "the Debezium connector's name in Connect",
+    "connect_poll_s": "how often the connector's status is read",
+    "cdc_max_tx_keys": "keys one transaction carries one by one; past it keys become prefixes (docs/cdc.md)",
+    "cdc_max_tx_key_bytes": "bytes of keys one transaction carries one by one; past it keys become prefixes",
+    "cdc_max_tx_prefixes": "prefixes one degraded transaction carries; past it prefixes lose a field",
 }
 
 

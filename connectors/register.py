@@ -1,18 +1,23 @@
 """Register the Debezium connector through Connect's REST API (an idempotent PUT) and wait until
 it streams: connector and task RUNNING and the replication slot active.
 
-    python -m connectors.register --connect http://127.0.0.1:18083 --pg-host 127.0.0.1 --pg-port 15432
+    python -m connectors.register --connect http://127.0.0.1:18083 --pg-host 127.0.0.1 --pg-port 15432 \
+        --rules demo/rules.toml
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+from cdc.rules import Rules, load_rules
+from connectors.capture import capture_settings
 
 CONFIG_FILE = Path(__file__).with_name("freshwire-postgres.json")
 
@@ -25,11 +30,14 @@ class RegisterError(RuntimeError):
         self.status = status
 
 
-def connector_config(pg_host: str, pg_port: int, overrides: dict[str, str] | None = None) -> tuple[str, dict[str, str]]:
+def connector_config(pg_host: str, pg_port: int, overrides: dict[str, str] | None = None,
+                     rules: Rules | None = None) -> tuple[str, dict[str, str]]:
+    """The connector's config: the JSON file, the database address, and what the rules capture."""
     spec = json.loads(CONFIG_FILE.read_text())
     config: dict[str, str] = dict(spec["config"])
     config["database.hostname"] = pg_host
     config["database.port"] = str(pg_port)
+    config.update(capture_settings(rules or Rules({})))
     config.update(overrides or {})
     return str(spec["name"]), config
 
@@ -86,8 +94,8 @@ def slot_active(pg_dsn: str, slot: str) -> bool:
 
 
 def register(connect_url: str, pg_host: str, pg_port: int, pg_dsn: str | None = None,
-             overrides: dict[str, str] | None = None, timeout_s: float = 120) -> None:
-    name, config = connector_config(pg_host, pg_port, overrides)
+             overrides: dict[str, str] | None = None, timeout_s: float = 120, rules: Rules | None = None) -> None:
+    name, config = connector_config(pg_host, pg_port, overrides, rules)
     put_config(connect_url, name, config)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -103,8 +111,12 @@ def main() -> None:
     parser.add_argument("--pg-host", default="127.0.0.1")
     parser.add_argument("--pg-port", type=int, default=15432)
     parser.add_argument("--pg-dsn", default=None, help="if given, also wait for the slot to be active")
+    parser.add_argument("--rules", default=os.environ.get("FRESHWIRE_RULES") or None,
+                        help="rules file: capture only its tables and the columns it reads "
+                             "(env FRESHWIRE_RULES; none: every table and column)")
     args = parser.parse_args()
-    register(args.connect, args.pg_host, args.pg_port, args.pg_dsn)
+    rules = load_rules(Path(args.rules)) if args.rules else None
+    register(args.connect, args.pg_host, args.pg_port, args.pg_dsn, rules=rules)
     print("connector registered and streaming")
 
 

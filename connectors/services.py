@@ -13,15 +13,18 @@ import sys
 import urllib.request
 from pathlib import Path
 
+from cdc.effects import MAX_MESSAGE_BYTES
 from connectors.procs import Proc, run_as
 from connectors.stack_settings import REPO, StackSettings
 
 PG_USER = "postgres"
+MAX_BROKER_MESSAGE_BYTES = MAX_MESSAGE_BYTES + 64 * 1024  # a record batch's overhead around the largest record
 JVM_BROKER_HEAP = ["-Xms256m", "-Xmx512m"]
 JVM_CONNECT_HEAP = ["-Xms256m", "-Xmx640m"]
 TOPIC_CHANGES = "freshwire.cdc"
 TOPIC_OPS = "freshwire.invalidations"
 TOPIC_DLQ = "freshwire.dlq"
+RULES_FILE = REPO / "demo" / "rules.toml"
 
 
 def port_open(host: str, port: int) -> bool:
@@ -278,6 +281,10 @@ def kafka_proc(s: StackSettings) -> Proc:
         "share.coordinator.state.topic.min.isr": 1,
         "group.initial.rebalance.delay.ms": 0,
         "auto.create.topics.enable": "true",
+        # One record size limit everywhere (cdc/effects.py MAX_MESSAGE_BYTES, Connect's producer,
+        # the consumer): a 5 MB value in a column the rules read still travels.
+        "message.max.bytes": MAX_BROKER_MESSAGE_BYTES,
+        "replica.fetch.max.bytes": MAX_BROKER_MESSAGE_BYTES,
     })
     (root / "log4j2.properties").write_text(LOG4J2)
     classpath = f"{s.jars_dir}/*"
@@ -372,11 +379,12 @@ def app_env(s: StackSettings) -> dict[str, str]:
     return {
         "FRESHWIRE_KAFKA_BOOTSTRAP": s.kafka_bootstrap,
         "FRESHWIRE_REDIS_URL": s.redis_url,
-        "FRESHWIRE_RULES": str(REPO / "demo" / "rules.toml"),
+        "FRESHWIRE_RULES": str(RULES_FILE),
         "FRESHWIRE_CDC_METRICS_PORT": str(s.cdc_metrics_port),
         "FRESHWIRE_JWT_SECRET": os.environ.get("FRESHWIRE_JWT_SECRET", "freshwire-dev-secret-change-me-in-production"),
         "PYTHONUNBUFFERED": "1",
         "FRESHWIRE_PRIMARY_DSN": s.app_dsn,
+        "FRESHWIRE_CONNECT_URL": s.connect_url,
         **({"FRESHWIRE_REPLICA_DSNS": s.replica_dsn} if s.with_replica and s.release_gating else {}),
     }
 

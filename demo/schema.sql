@@ -56,6 +56,15 @@ CREATE TABLE IF NOT EXISTS chaos_items (
   val       text NOT NULL
 );
 
+-- Documents with large values (tests of big rows): `body` is read by the rules, `meta` is not.
+CREATE TABLE IF NOT EXISTS documents (
+  id        bigserial PRIMARY KEY,
+  tenant_id int   NOT NULL,
+  title     text  NOT NULL,
+  body      text  NOT NULL DEFAULT '',
+  meta      jsonb NOT NULL DEFAULT '{}'::jsonb
+);
+
 -- Written by Debezium's heartbeat action query so positions move on a quiet database.
 CREATE TABLE IF NOT EXISTS freshwire_heartbeat (
   id      int PRIMARY KEY,
@@ -67,12 +76,14 @@ ALTER TABLE boards REPLICA IDENTITY FULL;
 ALTER TABLE cards REPLICA IDENTITY FULL;
 ALTER TABLE outbox REPLICA IDENTITY FULL;
 ALTER TABLE chaos_items REPLICA IDENTITY FULL;
+ALTER TABLE documents REPLICA IDENTITY FULL;
 
 ALTER TABLE boards OWNER TO app;
 ALTER TABLE cards OWNER TO app;
 ALTER TABLE outbox OWNER TO app;
 ALTER TABLE idempotency_keys OWNER TO app;
 ALTER TABLE chaos_items OWNER TO app;
+ALTER TABLE documents OWNER TO app;
 GRANT SELECT ON ALL TABLES IN SCHEMA public TO freshwire_cdc;
 GRANT SELECT, INSERT, UPDATE ON freshwire_heartbeat TO freshwire_cdc;
 ALTER DEFAULT PRIVILEGES FOR ROLE app IN SCHEMA public GRANT SELECT ON TABLES TO freshwire_cdc;

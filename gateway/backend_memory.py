@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 
-from cdc.redis_layout import Published, effective_version
+from cdc.redis_layout import PrefixSet, Published
 from gateway.backend import RESYNC, Event
 
 QUEUE_BOUND = 100_000
@@ -51,7 +51,8 @@ class MemoryBackend:
         self._queue.put_nowait(RESYNC)
 
     async def read_versions(self, keys: Sequence[str]) -> dict[str, str | None]:
-        return {k: effective_version(self.versions.get(k), k, self.prefixes) for k in keys}
+        released = PrefixSet(self.prefixes)
+        return {k: released.version_of(self.versions.get(k), k) for k in keys}
 
     async def watermark(self) -> str | None:
         return self.wm

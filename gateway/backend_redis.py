@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Sequence
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from cdc.redis_layout import CHANNEL, PREFIXES, VERSIONS, WATERMARK, decode_published, effective_version, tx_key
+from cdc.redis_layout import CHANNEL, PREFIXES, VERSIONS, WATERMARK, PrefixSet, decode_published, tx_key
 from gateway.backend import RESYNC, BackendUnavailable, Event
 
 log = logging.getLogger(__name__)
@@ -57,8 +57,8 @@ class RedisBackend:
                 own, prefixes = await pipe.execute()
         except (RedisError, OSError) as exc:
             raise BackendUnavailable(str(exc)) from exc
-        prefix_versions = {_text(p) or "": _text(v) or "" for p, v in prefixes.items()}
-        return {k: effective_version(_text(v), k, prefix_versions) for k, v in zip(keys, own, strict=True)}
+        released = PrefixSet({_text(p) or "": _text(v) or "" for p, v in prefixes.items()})
+        return {k: released.version_of(_text(v), k) for k, v in zip(keys, own, strict=True)}
 
     async def watermark(self) -> str | None:
         try:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from cdc.redis_layout import Published
+from cdc.redis_layout import PrefixSet, Published
 from gateway.session import Session
 
 
@@ -70,7 +70,8 @@ class Hub:
         for key in event.keys:
             delivered += self.offer(key, event.version, event.commit_ts_ms)
         if event.prefixes:
-            for key in [k for k in self.index if k.startswith(event.prefixes)]:
+            released = PrefixSet(dict.fromkeys(event.prefixes, event.version))
+            for key in [k for k in self.index if released.covering(k)]:
                 delivered += self.offer(key, event.version, event.commit_ts_ms)
         self.deliveries += delivered
         return delivered
@@ -97,10 +98,11 @@ class Hub:
         for key, (version, commit_ms) in keys.items():
             delivered += self.offer(key, version, commit_ms)
         if prefixes:
+            released = PrefixSet({prefix: version for prefix, (version, _ms) in prefixes.items()})
             for key in list(self.index):
-                for prefix, (version, commit_ms) in prefixes.items():
-                    if key.startswith(prefix):
-                        delivered += self.offer(key, version, commit_ms)
+                for prefix in released.covering(key):
+                    version, commit_ms = prefixes[prefix]
+                    delivered += self.offer(key, version, commit_ms)
         self.deliveries += delivered
         return delivered
 

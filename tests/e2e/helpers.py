@@ -34,9 +34,10 @@ def connect(s: StackSettings) -> psycopg.Connection[tuple[object, ...]]:
     return psycopg.connect(s.app_dsn, autocommit=False)
 
 
-def write(s: StackSettings, sql: str, params: tuple[object, ...] = ()) -> tuple[str, str, str]:
-    """Run `sql` in one transaction; returns (txid, insert LSN inside it, insert LSN after commit) as versions."""
-    with connect(s) as conn:
+def write(s: StackSettings, sql: str, params: tuple[object, ...] = (), dsn: str | None = None) -> tuple[str, str, str]:
+    """Run `sql` in one transaction (as the app, or as `dsn`); returns (txid, insert LSN inside it,
+    insert LSN after commit) as versions."""
+    with psycopg.connect(dsn or s.app_dsn, autocommit=False) as conn:
         with conn.cursor() as cur:
             cur.execute(sql, params)
             cur.execute("SELECT pg_current_xact_id()::text, pg_current_wal_insert_lsn()::text")

@@ -96,7 +96,8 @@ def _stack(offset: int) -> Captured:
 def test_decode_end_lsn_is_the_end_ids_lsn_not_the_begins() -> None:
     begin, end = _stack(24), _stack(27)
     assert decode(begin.key, begin.value) == TxBegin("734")
-    assert decode(end.key, end.value) == TxEnd(tx_id="734", end_lsn=26620224, ts_ms=1795802848567, event_count=2)
+    assert decode(end.key, end.value) == TxEnd(tx_id="734", end_lsn=26620224, ts_ms=1795802848567, event_count=2,
+                                               collections=(("public.cards", 2),))
 
 
 def test_decode_change_tx_id_drops_the_per_change_lsn() -> None:

@@ -33,12 +33,12 @@ def _captured_change(name: str, offset: int) -> RowChange:
 
 def test_rules_demo_file_loads() -> None:
     assert set(DEMO.tables) == {"public.cards", "public.boards", "public.outbox", "public.freshwire_heartbeat",
-                                "public.idempotency_keys", "public.chaos_items"}
+                                "public.idempotency_keys", "public.chaos_items", "public.documents"}
     cards = DEMO.tables["public.cards"]
     assert [t.text for t in cards.templates] == [
         "card:{id}", "board:{board_id}", "tenant:{tenant_id}:card:{id}", "tenant:{tenant_id}:board:{board_id}"]
     assert cards.templates[3].fields == ("tenant_id", "board_id")
-    assert cards.columns == frozenset({"title", "status", "owner", "board_id", "tenant_id", "version"})
+    assert cards.columns == frozenset({"title", "status", "owner", "board_id", "tenant_id", "version", "id"})
     assert DEMO.tables["public.outbox"].outbox
     assert DEMO.tables["public.freshwire_heartbeat"].templates == ()
 
@@ -304,7 +304,7 @@ def test_rules_parse_rules_accepts_a_valid_document(tmp_path: Path) -> None:
     r = load_rules(path)
     rule = r.tables["app.orders"]
     assert [t.text for t in rule.templates] == ["order:{id}", "orders"]
-    assert rule.columns == frozenset({"total"}) and not rule.outbox
+    assert rule.columns == frozenset({"total", "id"}) and not rule.outbox  # a template's columns always count
 
 
 def test_rules_escaped_braces_render_truncate_and_prefix_alike() -> None:
