@@ -43,6 +43,11 @@ RESULTS = Path(__file__).parent / "results"
 SECRET = os.environ.get("FRESHWIRE_JWT_SECRET", "freshwire-dev-secret-change-me-in-production")
 TENANTS = (1, 2)
 PARENTS = 4
+# Big transactions and big rows in the mix (issue #17): a bulk insert+delete of BULK_ROWS rows, far past
+# the consumer's per-transaction key limit, and a BIG_VALUE_BYTES value in a column no rule reads.
+BULK_BASE = 10_000_000
+BULK_ROWS = 12_000
+BIG_VALUE_BYTES = 2 * 1024 * 1024
 FAULTS = ("kill cdc", "kill gateway", "kill connect", "kill kafka", "kill redis", "pause cdc", "pause gateway")
 
 
@@ -77,7 +82,29 @@ class Writer:
     done: int = 0
     allowed: int = 0           # the fault schedule lets the writer run up to here, so faults land mid-stream
     truncates: int = 0
+    bulks: int = 0
+    big_values: int = 0
     stop: threading.Event = field(default_factory=threading.Event)
+
+    def _bulk(self, cur: psycopg.Cursor[Any], touched: set[str]) -> None:
+        """BULK_ROWS rows in and out in one transaction: released degraded, as per-tenant prefixes
+        (`chaos:<tenant>:item:`, `chaos:<tenant>:parent:`), which cover every key of both universes."""
+        cur.execute("INSERT INTO chaos_items SELECT g, 1 + g %% 2, 1 + g %% %s, 'bulk' FROM generate_series(%s, %s) g",
+                    (PARENTS, BULK_BASE, BULK_BASE + BULK_ROWS - 1))
+        cur.execute("DELETE FROM chaos_items WHERE id >= %s", (BULK_BASE,))
+        touched.update(k for t in TENANTS for k in universe(self.items, t))
+        self.bulks += 1
+
+    def _big_value(self, cur: psycopg.Cursor[Any], touched: set[str]) -> None:
+        if not self.rows:
+            return self._op(cur, touched)
+        item = self.rng.choice(sorted(self.rows))
+        parent, _val = self.rows[item]
+        cur.execute("UPDATE chaos_items SET val = repeat('x', %s) WHERE id = %s", (BIG_VALUE_BYTES, item))
+        self.rows[item] = (parent, "big")
+        touched.update({item_key(item), parent_key(tenant_of(item), parent)})
+        self.big_values += 1
+        return None
 
     def _op(self, cur: psycopg.Cursor[Any], touched: set[str]) -> None:
         item = self.rng.randint(1, self.items)
@@ -110,6 +137,7 @@ class Writer:
             conn.execute("TRUNCATE chaos_items")
             conn.commit()
             self.window.clear()
+            big_every = max(2, self.size // 3)  # each kind of big transaction at least twice a run
             while self.done < self.size and not self.stop.is_set():
                 if self.done >= self.allowed:
                     time.sleep(0.005)
@@ -121,6 +149,10 @@ class Writer:
                         touched.update(k for t in TENANTS for k in universe(self.items, t))
                         self.rows.clear()
                         self.truncates += 1
+                    elif self.done % big_every == big_every // 2 or self.rng.random() < 0.001:
+                        self._bulk(cur, touched)
+                    elif self.done % big_every == big_every - 1 or self.rng.random() < 0.002:
+                        self._big_value(cur, touched)
                     else:
                         for _ in range(self.rng.choice((1, 1, 1, 2, 3, 5))):
                             self._op(cur, touched)
@@ -273,7 +305,8 @@ async def run(s: StackSettings, size: int, seed: int, faults: int, items: int, t
         if not await loop.run_in_executor(None, _ready_within, url, 30.0):
             violations.append(f"not ready: {url}")
     return {
-        "seed": seed, "transactions": writer.done, "truncates": writer.truncates,
+        "seed": seed, "transactions": writer.done, "truncates": writer.truncates, "bulk_transactions": writer.bulks,
+        "big_values": writer.big_values,
         "faults": dict(injected), "clients": len(clients), "invalidations_checked": checked,
         "keys_checked": sum(1 for t, _b, _c in clients for k in universe(items, t) if k in writer.window),
         "write_seconds": round(wrote_s, 1), "settle_seconds": round(settled_s, 1),

@@ -122,17 +122,29 @@ def test_compose_connector_init_registers_the_shared_connector_config(svcs: dict
     assert re.search(r"--connect\s+http://connect:8083\b", command), command
     pg_host = re.search(r"--pg-host\s+(\S+)", command)
     assert pg_host and pg_host.group(1) in svcs, command
+    assert "--rules /app/demo/rules.toml" in command  # the include lists follow the rules the consumer reads
     spec = json.loads(CONNECTOR_FILE.read_text())
     assert spec["config"]["plugin.name"] == "pgoutput"
     assert spec["config"]["connector.class"] == "io.debezium.connector.postgresql.PostgresConnector"
 
 
-def test_compose_connector_publication_is_created_by_the_schema() -> None:
-    # publication.autocreate.mode is disabled, so the mounted schema must create the publication.
+def test_compose_kafka_record_limit_matches_the_native_stack(svcs: dict[str, dict[str, Any]]) -> None:
+    from connectors.services import MAX_BROKER_MESSAGE_BYTES
+
+    env = svcs["kafka"]["environment"]
+    assert int(env["KAFKA_MESSAGE_MAX_BYTES"]) == MAX_BROKER_MESSAGE_BYTES
+    spec = json.loads(CONNECTOR_FILE.read_text())
+    assert int(spec["config"]["producer.override.max.request.size"]) == MAX_BROKER_MESSAGE_BYTES
+
+
+def test_compose_connector_publication_follows_the_rules(svcs: dict[str, dict[str, Any]]) -> None:
+    # publication.autocreate.mode is disabled: connector-init creates the publication from the rules
+    # (connectors/publication.py), and the schema never creates one FOR ALL TABLES.
     config = json.loads(CONNECTOR_FILE.read_text())["config"]
     schema = (REPO / "demo" / "schema.sql").read_text()
     assert config["publication.autocreate.mode"] == "disabled"
-    assert f"CREATE PUBLICATION {config['publication.name']}" in schema
+    assert "CREATE PUBLICATION" not in schema
+    assert "--sync-publication" in _command_text(svcs["connector-init"])
 
 
 def test_compose_depends_on_names_existing_services(svcs: dict[str, dict[str, Any]]) -> None:
@@ -174,7 +186,8 @@ def test_compose_app_env_points_at_compose_services_and_image_files(svcs: dict[s
         assert env["FRESHWIRE_KAFKA_BOOTSTRAP"].split(":")[0] in svcs
         redis_host = re.match(r"redis://([^:/]+)", env["FRESHWIRE_REDIS_URL"])
         assert redis_host and redis_host.group(1) in svcs, env["FRESHWIRE_REDIS_URL"]
-        assert env["FRESHWIRE_JWT_SECRET"]
+        # Required, with no fallback: the published development secret would accept anyone's tokens.
+        assert env["FRESHWIRE_JWT_SECRET"].startswith("${FRESHWIRE_JWT_SECRET:?"), env["FRESHWIRE_JWT_SECRET"]
         # The image copies the repo to /app, so the rules file must be a repo file.
         rules = env["FRESHWIRE_RULES"]
         assert rules.startswith("/app/") and (REPO / rules.removeprefix("/app/")).is_file(), rules

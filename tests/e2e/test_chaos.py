@@ -30,6 +30,7 @@ def test_chaos_small_run_with_every_fault_kind_has_no_violation(tmp_path: Path) 
         assert set(summary["faults"]) == {"kill cdc", "kill gateway", "kill connect", "kill kafka", "kill redis",
                                           "pause cdc", "pause gateway"}
         assert summary["invalidations_checked"] > 0
+        assert summary["bulk_transactions"] >= 2 and summary["big_values"] >= 2  # big transactions and rows too
     finally:
         subprocess.run([sys.executable, "-m", "connectors.stack", "down"], cwd=REPO, env=env, capture_output=True)
         subprocess.run([sys.executable, "-m", "connectors.stack", "clean"], cwd=REPO, env=env, capture_output=True)
