@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from cdc.rules import Rules, load_rules
+from connectors import publication
 from connectors.capture import capture_settings
 
 CONFIG_FILE = Path(__file__).with_name("freshwire-postgres.json")
@@ -114,8 +115,17 @@ def main() -> None:
     parser.add_argument("--rules", default=os.environ.get("FRESHWIRE_RULES") or None,
                         help="rules file: capture only its tables and the columns it reads "
                              "(env FRESHWIRE_RULES; none: every table and column)")
+    parser.add_argument("--sync-publication", action="store_true",
+                        help="first make the publication hold exactly the rule tables (needs --pg-dsn of a "
+                             "superuser or the tables' owner, and --rules)")
     args = parser.parse_args()
     rules = load_rules(Path(args.rules)) if args.rules else None
+    if args.sync_publication:
+        if rules is None or args.pg_dsn is None:
+            parser.error("--sync-publication needs --rules and --pg-dsn")
+        done = publication.sync(args.pg_dsn, rules, connector_config(args.pg_host, args.pg_port)[1]["publication.name"])
+        for table, why in done.skipped:
+            print(f"publication: left out {table}: {why}")
     register(args.connect, args.pg_host, args.pg_port, args.pg_dsn, rules=rules)
     print("connector registered and streaming")
 

@@ -14,8 +14,11 @@ import urllib.request
 from pathlib import Path
 
 from cdc.effects import MAX_MESSAGE_BYTES
+from cdc.rules import load_rules
+from connectors import publication
 from connectors.procs import Proc, run_as
 from connectors.stack_settings import REPO, StackSettings
+from gateway.settings import DEV_SECRET
 
 PG_USER = "postgres"
 MAX_BROKER_MESSAGE_BYTES = MAX_MESSAGE_BYTES + 64 * 1024  # a record batch's overhead around the largest record
@@ -128,7 +131,7 @@ def _pg_ready(s: StackSettings, port: int) -> bool:
 
 
 def apply_schema(s: StackSettings) -> None:
-    """Roles, the demo database and schema, and the publication; safe to run on every start."""
+    """Roles, the demo database and schema, and the publication of the rule tables; safe on every start."""
     import psycopg
 
     admin = f"postgresql://postgres:postgres@{s.host}:{s.pg_port}/postgres"
@@ -137,6 +140,7 @@ def apply_schema(s: StackSettings) -> None:
             conn.execute("CREATE DATABASE app")
     with psycopg.connect(s.pg_dsn, autocommit=True) as conn:
         conn.execute((REPO / "demo" / "schema.sql").read_text().encode())
+    publication.sync(s.pg_dsn, load_rules(RULES_FILE))  # exactly the rule tables, never FOR ALL TABLES
 
 
 REPLICA_SLOT = "freshwire_replica"
@@ -376,12 +380,15 @@ def _connect_ready(s: StackSettings) -> bool:
 # ---------------------------------------------------------------- Freshwire's own processes
 
 def app_env(s: StackSettings) -> dict[str, str]:
+    secret = os.environ.get("FRESHWIRE_JWT_SECRET", DEV_SECRET)
     return {
         "FRESHWIRE_KAFKA_BOOTSTRAP": s.kafka_bootstrap,
         "FRESHWIRE_REDIS_URL": s.redis_url,
         "FRESHWIRE_RULES": str(RULES_FILE),
         "FRESHWIRE_CDC_METRICS_PORT": str(s.cdc_metrics_port),
-        "FRESHWIRE_JWT_SECRET": os.environ.get("FRESHWIRE_JWT_SECRET", "freshwire-dev-secret-change-me-in-production"),
+        "FRESHWIRE_JWT_SECRET": secret,
+        # The development secret is refused outside development mode (gateway/settings.py).
+        **({"FRESHWIRE_DEV_MODE": "1"} if secret == DEV_SECRET else {}),
         "PYTHONUNBUFFERED": "1",
         "FRESHWIRE_PRIMARY_DSN": s.app_dsn,
         "FRESHWIRE_CONNECT_URL": s.connect_url,

@@ -88,12 +88,8 @@ GRANT SELECT ON ALL TABLES IN SCHEMA public TO freshwire_cdc;
 GRANT SELECT, INSERT, UPDATE ON freshwire_heartbeat TO freshwire_cdc;
 ALTER DEFAULT PRIVILEGES FOR ROLE app IN SCHEMA public GRANT SELECT ON TABLES TO freshwire_cdc;
 
-DO $$
-BEGIN
-  IF NOT EXISTS (SELECT FROM pg_publication WHERE pubname = 'freshwire_pub') THEN
-    CREATE PUBLICATION freshwire_pub FOR ALL TABLES;
-  END IF;
-END $$;
+-- The publication is not created here: it follows the rules file (connectors/publication.py),
+-- never FOR ALL TABLES, which would refuse UPDATEs and DELETEs of tables without a primary key.
 
 INSERT INTO boards (id, tenant_id, name) VALUES (1, 1, 'Launch'), (2, 2, 'Roadmap')
   ON CONFLICT (id) DO NOTHING;

@@ -30,11 +30,21 @@ class GatewaySettings:
     max_stream_stall_s: float = 30.0                # /readyz fails when the watermark has not moved this long (0: off)
     resync_chunk: int = 1000                        # keys per version read when resyncing after a Redis outage
     per_message_deflate: bool = False
+    dev_mode: bool = False                          # accept the published development secret (make up sets it)
+
+
+# The secret the README, the demo and `make up` use. Anyone can mint tokens for "*" with it, so a
+# gateway refuses it unless started in development mode.
+DEV_SECRET = "freshwire-dev-secret-change-me-in-production"
 
 
 def _coerce(name: str, kind: type, raw: str) -> object:
     if kind is bool:
-        return raw.lower() in ("1", "true", "yes", "on")
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off", ""):
+            return False
+        raise SettingsError(f"FRESHWIRE_{name.upper()} must be true or false, got {raw!r}")
     try:
         return kind(raw)
     except ValueError:
@@ -55,4 +65,8 @@ def load_gateway_settings(overrides: dict[str, str] | None = None) -> GatewaySet
     if not (settings.jwt_secret or settings.jwt_public_key_file or settings.jwks_file or settings.jwks_url):
         raise SettingsError("set FRESHWIRE_JWT_SECRET (HS256) or FRESHWIRE_JWT_PUBLIC_KEY_FILE / "
                             "FRESHWIRE_JWKS_FILE / FRESHWIRE_JWKS_URL (RS256)")
+    if settings.jwt_secret == DEV_SECRET and not settings.dev_mode:
+        raise SettingsError("FRESHWIRE_JWT_SECRET is the published development secret: anyone can mint tokens "
+                            "with it. Set a secret of your own (e.g. `openssl rand -hex 32`), or "
+                            "FRESHWIRE_DEV_MODE=1 for local development only")
     return settings
