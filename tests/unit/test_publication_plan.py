@@ -5,14 +5,14 @@ from __future__ import annotations
 import tomllib
 
 from cdc.rules import parse_rules
-from connectors.publication import TableState, plan
+from connectors.publication import Plan, TableState, plan
 
 RULES = parse_rules(tomllib.loads('[tables."public.a"]\nkeys = ["a:{id}"]\n[tables."public.b"]\nkeys = ["b:{id}"]\n'))
 OK = TableState(True, True)
 
 
-def _text(p: object) -> list[str]:
-    return [repr(s) for s in getattr(p, "statements")]
+def _text(p: Plan) -> list[str]:
+    return [repr(s) for s in p.statements]
 
 
 def test_publication_plan_creates_a_missing_publication() -> None:
