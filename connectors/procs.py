@@ -143,6 +143,14 @@ def _program(pids_dir: Path, name: str) -> str:
         return ""
 
 
+def file_pid(pids_dir: Path, name: str) -> int | None:
+    """The pid in `name`'s pid file, running or not; None without a pid file (`stop` removes it first)."""
+    try:
+        return int((pids_dir / f"{name}.pid").read_text().splitlines()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def recorded_pid(pids_dir: Path, name: str) -> int | None:
     """The pid in `name`'s pid file if that process still runs the recorded program."""
     try:

@@ -1,7 +1,7 @@
 """Run the whole native stack: PostgreSQL, Redis, Kafka (KRaft), Kafka Connect with Debezium,
 the cdc consumer and the gateway, all on 127.0.0.1.
 
-    python -m connectors.stack up            # foreground; Ctrl-C stops every part, in order
+    python -m connectors.stack up            # foreground, watching every part; Ctrl-C stops them, in order
     python -m connectors.stack up --detach   # start and return; `down` stops it
     python -m connectors.stack down
     python -m connectors.stack status
@@ -10,18 +10,32 @@ the cdc consumer and the gateway, all on 127.0.0.1.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import signal
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
+from cdc.rules import load_rules
 from connectors import procs, register, services
 from connectors.stack_settings import StackSettings, load_stack_settings
 
 # Start order; stopping goes the other way.
 ORDER = ["postgres", "replica", "redis", "kafka", "connect", "cdc", "gateway", "gateway2", "demo"]
+
+# After "ready", the foreground `up` watches every part it started.
+WATCH_POLL_S = 0.5  # how often it looks at each part's process
+SIGNAL_POLL_S = 0.1  # how often it looks for Ctrl-C
+RESTART_LIMIT = 3  # restarts of one part within RESTART_WINDOW_S; past that it stops the stack, exit status 1
+RESTART_WINDOW_S = 300.0
+# Between a death and its restart: whoever killed a part to start it again themselves (an e2e test,
+# an operator) gets there first, and the watcher adopts their process instead of fighting for the port.
+RESTART_DELAY_S = 2.0
+EXIT_GAVE_UP = 1
 
 
 @dataclass
@@ -34,7 +48,7 @@ class Part:
 
 
 def _register_connector(s: StackSettings) -> None:
-    register.register(s.connect_url, s.host, s.pg_port, pg_dsn=s.pg_dsn)
+    register.register(s.connect_url, s.host, s.pg_port, pg_dsn=s.pg_dsn, rules=load_rules(services.RULES_FILE))
 
 
 def _postgres_ready(s: StackSettings) -> None:
@@ -61,6 +75,35 @@ def parts(two_gateways: bool, with_replica: bool = False) -> list[Part]:
     return found
 
 
+class StopRequested(BaseException):
+    """A stop signal arrived while a part was restarting. Like KeyboardInterrupt, not an Exception,
+    so the readiness poll (which treats a failing probe as "not yet") lets it through."""
+
+
+def _start_part(s: StackSettings, part: Part, stop_requested: Callable[[], bool] | None = None) -> procs.Proc:
+    """Start one part, wait until it is ready and run its setup (every `after` is idempotent, so a
+    restart runs it again, as any fresh start does). Raises StartError with its log's tail if it fails,
+    StopRequested once `stop_requested()` is true while it waits for readiness."""
+    proc = part.build(s)
+    if stop_requested is not None:
+        probe = proc.ready
+
+        def ready_unless_stopping() -> bool:
+            if stop_requested():
+                raise StopRequested
+            return probe()
+
+        proc.ready = ready_unless_stopping
+    procs.start(proc, s.pids_dir)
+    procs.wait_ready(proc)
+    if part.after is not None:
+        try:
+            part.after(s)
+        except Exception as exc:
+            raise procs.StartError(part.name, f"setup failed: {exc}", procs.tail(proc.log)) from exc
+    return proc
+
+
 def running_parts(s: StackSettings) -> dict[str, int]:
     return {n: pid for n in ORDER if (pid := procs.recorded_pid(s.pids_dir, n)) is not None}
 
@@ -84,15 +127,8 @@ def up(s: StackSettings, with_apps: bool = True, two_gateways: bool = False, qui
                     print(f"  {part.name:<9} already running (pid {already[part.name]})")
                 continue
             t0 = time.monotonic()
-            proc = part.build(s)
-            procs.start(proc, s.pids_dir)
-            started.append(part.name)
-            procs.wait_ready(proc)
-            if part.after is not None:
-                try:
-                    part.after(s)
-                except Exception as exc:
-                    raise procs.StartError(part.name, f"setup failed: {exc}", procs.tail(proc.log)) from exc
+            started.append(part.name)  # before it starts: a failed start stops what it left behind
+            proc = _start_part(s, part)
             if not quiet:
                 print(f"  {part.name:<9} ready in {time.monotonic() - t0:5.1f}s (pid {proc.pid})", flush=True)
     except BaseException:
@@ -144,15 +180,164 @@ def _catch_stop_signals() -> list[int]:
     return got
 
 
-def _wait_for_signal(got: list[int]) -> None:
-    while not got:  # a short sleep, not signal.pause(): a signal between the test and pause() would be lost
-        time.sleep(0.1)
+# ---------------------------------------------------------------- watching after "ready"
+
+class RestartBudget:
+    """At most `limit` restarts within any `window_s` seconds: a part that keeps dying is a fault to
+    look at, not one to paper over, so past that the stack stops."""
+
+    def __init__(self, limit: int = RESTART_LIMIT, window_s: float = RESTART_WINDOW_S) -> None:
+        self.limit = limit
+        self.window_s = window_s
+        self._times: deque[float] = deque()
+
+    def used(self, now: float) -> int:
+        """Restarts counted within the window that ends at `now` (monotonic seconds)."""
+        while self._times and now - self._times[0] >= self.window_s:
+            self._times.popleft()
+        return len(self._times)
+
+    def spend(self, now: float) -> bool:
+        """Count a restart at `now`; False, counting nothing, when the window already holds `limit`."""
+        if self.used(now) >= self.limit:
+            return False
+        self._times.append(now)
+        return True
+
+
+Fate = Literal["died", "stopped", "replaced"]
+
+
+def fate(watched: int | None, recorded: int | None, recorded_runs: bool) -> Fate:
+    """What became of a part whose watched process (`watched`; None: stopped earlier) no longer runs,
+    given the pid its pid file names (`recorded`) and whether that process runs.
+
+    "stopped": the pid file is gone, as `down` (procs.stop) removes it before it signals: on purpose,
+    not restarted. "replaced": another process started it again; watch that one. "died": restart it.
+    """
+    if recorded is None:
+        return "stopped"
+    if recorded_runs and recorded != watched:
+        return "replaced"
+    return "stopped" if watched is None else "died"
+
+
+def death_line(name: str, pid: int, exit_code: int | None) -> str:
+    """`cdc died (pid 12, killed by SIGKILL)`; exit_code as os.waitstatus_to_exitcode gives it
+    (negative: the signal), None when unknown (not a child of this process)."""
+    if exit_code is None:
+        how = ""
+    elif exit_code >= 0:
+        how = f", exit status {exit_code}"
+    else:
+        try:
+            how = f", killed by {signal.Signals(-exit_code).name}"
+        except ValueError:
+            how = f", killed by signal {-exit_code}"
+    return f"{name} died (pid {pid}{how})"
+
+
+@dataclass
+class _Watched:
+    part: Part
+    pid: int | None  # None: stopped from outside; watched again once its pid file names a running process
+    budget: RestartBudget = field(default_factory=RestartBudget)
+    restart_at: float | None = None  # set when its death was reported: the restart is due then
+
+
+def _reap(pid: int) -> int | None:
+    """The exit code of a dead child (negative: killed by that signal); None if not our child."""
+    try:
+        got, status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return None
+    return os.waitstatus_to_exitcode(status) if got == pid else None
+
+
+def _say(line: str, err: bool = False) -> None:
+    print(line, file=sys.stderr if err else sys.stdout, flush=True)
+
+
+def _restart(s: StackSettings, w: _Watched, stop_signals: list[int]) -> int | None:
+    name = w.part.name
+    _say(f"  {name:<9} restarting")
+    t0 = time.monotonic()
+    try:
+        proc = _start_part(s, w.part, stop_requested=lambda: bool(stop_signals))
+    except StopRequested:
+        return 0
+    except procs.StartError as exc:
+        _say(f"\nFAILED to restart {exc}: stopping the stack\n--- last lines of {name}'s log ---\n{exc.log_tail}",
+             err=True)
+        return EXIT_GAVE_UP
+    w.pid, w.restart_at = proc.pid, None
+    _say(f"  {name:<9} ready again in {time.monotonic() - t0:5.1f}s (pid {proc.pid})")
+    return None
+
+
+def _look(s: StackSettings, w: _Watched, now: float, stop_signals: list[int]) -> int | None:
+    """One look at one part: report a death at once, restart it when due. An exit status if the
+    stack must stop."""
+    name = w.part.name
+    if w.restart_at is not None and now < w.restart_at:
+        return None
+    # A reported death stays a death: its pid, reaped, may already belong to another program.
+    if w.restart_at is None and w.pid is not None and procs.alive(w.pid):
+        return None
+    recorded = procs.file_pid(s.pids_dir, name)
+    runs = recorded is not None and procs.recorded_pid(s.pids_dir, name) == recorded
+    what = fate(w.pid, recorded, runs)
+    if what == "replaced":
+        if w.pid is not None:
+            _reap(w.pid)
+        _say(f"  {name:<9} started again by another process (pid {recorded}): watching that one")
+        w.pid, w.restart_at = recorded, None
+        return None
+    if what == "stopped" or w.pid is None:
+        if w.pid is not None:
+            _reap(w.pid)
+            _say(f"  {name:<9} stopped from outside (its pid file is gone): not restarting it")
+        w.pid, w.restart_at = None, None
+        return None
+    if w.restart_at is None:
+        died = death_line(name, w.pid, _reap(w.pid))
+        log = s.logs_dir / f"{name}.log"  # every part logs there (services.py)
+        tail = f"--- last lines of {log} ---\n{procs.tail(log)}\n---"
+        window = f"{RESTART_WINDOW_S / 60:.0f} minutes"
+        if not w.budget.spend(now):
+            _say(f"\n{died}: restarted {RESTART_LIMIT} times within {window} already: giving up, "
+                 f"stopping the stack\n{tail}", err=True)
+            return EXIT_GAVE_UP
+        _say(f"\n{died}: restarting it in {RESTART_DELAY_S:.0f}s (restart {w.budget.used(now)} of {RESTART_LIMIT} "
+             f"allowed within {window})\n{tail}", err=True)
+        w.restart_at = now + RESTART_DELAY_S
+        return None
+    return _restart(s, w, stop_signals)
+
+
+def watch(s: StackSettings, started: list[Part], stop_signals: list[int]) -> int:
+    """Until a stop signal arrives, keep every part in `started` running: a part that dies is
+    reported at once (stderr, with its log's tail) and restarted after RESTART_DELAY_S, within its
+    RestartBudget. Returns the exit status: 0 after a stop signal, EXIT_GAVE_UP when a part is past
+    its budget or cannot be restarted. Stopping the parts is the caller's job."""
+    watched = [_Watched(p, procs.file_pid(s.pids_dir, p.name)) for p in started]
+    next_look = 0.0
+    while not stop_signals:  # short sleeps, not signal.pause(): a signal between the test and pause() would be lost
+        now = time.monotonic()
+        if now >= next_look:
+            next_look = now + WATCH_POLL_S
+            for w in watched:
+                status = _look(s, w, now, stop_signals)
+                if status is not None:
+                    return status
+        time.sleep(SIGNAL_POLL_S)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["up", "down", "status", "clean"])
-    parser.add_argument("--detach", action="store_true", help="start and return instead of waiting for Ctrl-C")
+    parser.add_argument("--detach", action="store_true", help="start and return: nothing watches the parts")
     parser.add_argument("--no-apps", action="store_true", help="only the infrastructure (no cdc, no gateway)")
     parser.add_argument("--two-gateways", action="store_true", help="also start a second gateway process")
     args = parser.parse_args(argv)
@@ -188,10 +373,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.detach:
         return 0
     print("Ctrl-C stops the stack (data stays in place).", flush=True)
-    _wait_for_signal(stop_signals)
+    status = watch(s, [p for p in parts(args.two_gateways, s.with_replica) if p.name in started], stop_signals)
     print("\nstopping…", flush=True)
     down(s, only=started)
-    return 0
+    return status
 
 
 if __name__ == "__main__":
