@@ -13,7 +13,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field, replace
 
 from cdc.keyset import KeyLimits, KeySet
-from cdc.model import Batch, Heartbeat, LogicalMessage, Record, RowChange, Tombstone, TxBegin, TxEnd
+from cdc.model import NO_TRANSACTION, Batch, Heartbeat, LogicalMessage, Record, RowChange, Tombstone, TxBegin, TxEnd
 from cdc.rules import Invalidation, Rules
 from cdc.versions import version_of_lsn
 
@@ -51,6 +51,7 @@ class Assembler:
         self.safe_offset: int | None = None
         self.skipped_replays = 0
         self.flush_next = False  # the next released batch also invalidates every key (prefix "")
+        self.without_transaction = 0  # changes other than snapshot reads that came without transaction metadata
 
     def reset(self, last_version: str = "") -> None:
         """Forget any transaction in hand (after a rebalance the stream restarts at a committed offset)."""
@@ -99,9 +100,14 @@ class Assembler:
 
     def _change(self, change: RowChange, offset: int) -> Batch | None:
         if change.tx_id is None:
-            # No transaction metadata (snapshot reads, or the connector runs without it): the record
-            # is its own batch, versioned by its own position.
-            single = self._new_tx(f"lsn:{change.lsn}", offset)
+            # Snapshot reads carry no transaction: each is its own batch at its own position (they all
+            # share the snapshot's). Any other change without one means the connector runs without
+            # provide.transaction.metadata, which Freshwire does not support: change positions are not
+            # in commit order, so versions could go wrong. It is counted (the consumer reports it as a
+            # configuration error) and released as well as it can be.
+            if change.op != "r":
+                self.without_transaction += 1
+            single = self._new_tx(f"{NO_TRANSACTION}{change.lsn}", offset)
             single.add(change, self._rules.for_change(change))
             return self._release(single, change.lsn, change.ts_ms, offset, same_version_ok=True)
         open_tx = self._open

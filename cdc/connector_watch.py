@@ -76,6 +76,19 @@ class ConnectorWatcher(threading.Thread):
         self.url, self.connector, self.poll_s = connect_url.rstrip("/"), name, poll_s
         self.metrics, self.stop = metrics, stop
         self.state = RestartState()
+        self.config_checked = False
+
+    def _check_config(self) -> None:
+        try:
+            config = self._call("GET", f"/connectors/{self.connector}/config")
+        except (OSError, urllib.error.URLError, ValueError):
+            return
+        self.config_checked = True
+        if str(config.get("provide.transaction.metadata", "false")).lower() != "true":
+            error = (f"connector {self.connector} runs without provide.transaction.metadata=true: Freshwire refuses "
+                     "this configuration (versions would not follow commit order); see docs/cdc.md")
+            log.error("%s", error)
+            self.metrics.set_config_error(error)
 
     def _call(self, method: str, path: str) -> Any:
         req = urllib.request.Request(f"{self.url}{path}", method=method, data=b"" if method == "POST" else None)
@@ -89,6 +102,8 @@ class ConnectorWatcher(threading.Thread):
         except (OSError, urllib.error.URLError, ValueError) as exc:
             self._report({"connector": self.connector, "state": "unreachable", "error": str(exc)[:200]}, False)
             return
+        if not self.config_checked:
+            self._check_config()
         action = next_action(status, self.state, time.monotonic())
         failed = failed_tasks(status)
         if action == "restart":

@@ -172,9 +172,19 @@ class Pipeline:
             if batch is not None:
                 batches.append(replace(batch, arrival_ms=(float(msg.timestamp()[1]), received_ms)))
         self.metrics.records_in.inc(records)
+        for p in touched:
+            self._refuse_without_transactions(self.assemblers[p])
         self._report(batches)
         self._apply(batches)
         self._commit(touched)
+
+    def _refuse_without_transactions(self, assembler: Assembler) -> None:
+        if assembler.without_transaction and self.metrics.config_error is None:
+            error = ("changes arrive without transaction metadata: set provide.transaction.metadata=true on the "
+                     "Debezium connector (connectors/freshwire-postgres.json); without it versions are not in "
+                     "commit order and invalidations can be lost")
+            log.error("%s", error)
+            self.metrics.set_config_error(error)
 
     def _report(self, batches: list[Batch]) -> None:
         """Degraded batches and missing events: counted, logged, in /readyz, and noted in the DLQ."""

@@ -61,8 +61,9 @@ class RedisRelease:
             publish_ms = time.time() * 1000
             for b in batches:
                 hops = hops_arg(*b.arrival_ms, publish_ms) if b.arrival_ms[1] else ""
-                self._script(keys=[VERSIONS, PREFIXES, WATERMARK, tx_key(b.tx_id)],
-                             args=release_args(b.version, b.commit_ts_ms, b.keys, b.prefixes, b.tx_id, hops=hops),
+                tx = b.token_tx_id  # no marker for snapshot rows: no write token can name them
+                self._script(keys=[VERSIONS, PREFIXES, WATERMARK, tx_key(tx)],
+                             args=release_args(b.version, b.commit_ts_ms, b.keys, b.prefixes, tx, hops=hops),
                              client=pipe)
             return sum(int(n) for n in pipe.execute())
         except redis.RedisError as exc:

@@ -72,16 +72,22 @@ class Metrics:
                                        registry=r)
         self.effects_ok = True
         self.connector_ok = True  # stays True when FRESHWIRE_CONNECT_URL is not set
+        self.config_error: str | None = None  # a configuration Freshwire refuses (not ready until fixed)
         self.detail: dict[str, object] = {}
 
     def set_effects_ok(self, ok: bool) -> None:
         self.effects_ok = ok
         self.ready.set(1 if self.readiness()[0] else 0)
 
+    def set_config_error(self, error: str) -> None:
+        self.config_error = error
+        self.detail["config_error"] = error
+        self.set_effects_ok(self.effects_ok)
+
     def readiness(self) -> tuple[bool, dict[str, object]]:
         slot = self.detail.get("slot_state")
         lost = isinstance(slot, dict) and slot.get("wal_status") == "lost"
-        ok = self.effects_ok and not lost and self.connector_ok
+        ok = self.effects_ok and not lost and self.connector_ok and self.config_error is None
         return ok, {"status": "ready" if ok else "not ready", "effects": "ok" if self.effects_ok else "retrying",
                     **self.detail}
 

@@ -61,6 +61,9 @@ class LogicalMessage:
     prefix: str
 
 
+# Batch ids of records released without a transaction (snapshot rows) start with this.
+NO_TRANSACTION = "lsn:"
+
 Record = Heartbeat | TxBegin | TxEnd | RowChange | LogicalMessage | Tombstone
 
 
@@ -85,3 +88,9 @@ class Batch:
     @property
     def empty(self) -> bool:
         return not self.keys and not self.prefixes
+
+    @property
+    def token_tx_id(self) -> str:
+        """The transaction id a write token can name; "" for a record without a transaction (a
+        snapshot row, whose batch id is "lsn:<position>")."""
+        return "" if self.tx_id.startswith(NO_TRANSACTION) else self.tx_id

@@ -163,7 +163,7 @@ class Rules:
             return NOTHING
         keys: dict[str, None] = {}
         prefixes: dict[str, None] = {}
-        for image in (change.before, change.after):
+        for image in (_without_unsent_columns(change), change.after):
             if image is None:
                 continue
             for template in rule.templates:
@@ -202,6 +202,20 @@ class Rules:
             if found is not None and len(found) < len(text) and (best is None or len(found) > len(best)):
                 best = found
         return best if best is not None else colon_parent(text)
+
+
+def _without_unsent_columns(change: RowChange) -> Row | None:
+    """The before image, less the columns PostgreSQL did not send. Without REPLICA IDENTITY FULL a
+    delete's old row holds only the key: Debezium sends every other column as null, not absent. Such an
+    image (every non-key column null) keeps only its key columns, so templates over the others fall
+    back to their literal prefix (more than needed, never stale) instead of rendering no key at all."""
+    before = change.before
+    if change.op != "d" or before is None or not change.key:
+        return before
+    others = [column for column in before if column not in change.key]
+    if not others or any(before[column] is not None for column in others):
+        return before
+    return {column: value for column, value in before.items() if column in change.key}
 
 
 def colon_parent(text: str) -> str:

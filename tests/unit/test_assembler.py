@@ -215,3 +215,28 @@ def test_assembler_write_token_message_releases_its_transaction() -> None:
     assert released[0].tx_id == "33682" and released[0].empty
     assert released[0].version == version_of_lsn(35703896)
     assert assembler.safe_offset == 100150
+
+
+def change_json(table: str, op: str, **images: object) -> tuple[bytes, bytes]:
+    return enc({"id": 1}), enc(change_value(table, op, **images))  # type: ignore[arg-type]
+
+
+def test_assembler_changes_without_transaction_metadata_are_counted() -> None:
+    """Review bug 5: a connector without provide.transaction.metadata is refused (counted, the consumer
+    reports a configuration error); snapshot reads, which never carry a transaction, are not."""
+    assembler = Assembler(RULES)
+    snapshot = decode(*change_json("cards", "r", after={"id": 1, "tenant_id": 1, "board_id": 1}))
+    assembler.feed(snapshot, 0)
+    assert assembler.without_transaction == 0
+    update = decode(*change_json("cards", "u", after={"id": 1, "tenant_id": 1, "board_id": 2}))
+    assembler.feed(update, 1)
+    assert assembler.without_transaction == 1
+
+
+def test_assembler_snapshot_batches_name_no_transaction_for_tokens() -> None:
+    """Review bug 8: snapshot rows leave no {fw}:tx:lsn:<n> marker, since no token can name them."""
+    snapshot = decode(*change_json("cards", "r", after={"id": 1, "tenant_id": 1, "board_id": 1}))
+    batch = Assembler(RULES).feed(snapshot, 0)
+    assert batch is not None and batch.tx_id.startswith("lsn:") and batch.token_tx_id == ""
+    (committed,) = [b for b in run(CAPTURE)[1] if b.tx_id == "734"]
+    assert committed.token_tx_id == "734"

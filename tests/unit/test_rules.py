@@ -323,3 +323,20 @@ def test_rules_default_rule_odd_identifiers_do_not_crash(table: str, key: dict[s
                                                          expected: Invalidation) -> None:
     row = {**key, "v": 1}
     assert DEMO.for_change(change(table, "c", after=row, key=key)) == expected
+
+
+def test_rules_delete_without_replica_identity_full_invalidates_template_prefixes() -> None:
+    """Review bug 4: a delete's old row without REPLICA IDENTITY FULL (captured from the real stack: a
+    table with the default identity) sends non-key columns as null; the parent key must not be skipped."""
+    (c,) = [c for c in sample("run1") if c.where == "app.public.items_default" and c.body is not None
+            and c.body.get("op") == "d"]
+    record = decode(c.key, c.value)
+    assert isinstance(record, RowChange) and record.before == {"id": 1, "name": None}
+    r = rules('[tables."public.items_default"]\nkeys = ["item:{id}", "named:{name}"]\n')
+    assert r.for_change(record) == Invalidation(("item:1",), ("named:",))
+
+
+def test_rules_delete_with_full_identity_and_a_null_parent_renders_no_parent_key() -> None:
+    r = rules('[tables."public.cards"]\nkeys = ["card:{id}", "owner:{owner}"]\n')
+    inv = r.for_change(change("cards", "d", before={**CARD, "owner": None}, key={"id": 1}))
+    assert inv == Invalidation(("card:1",), ())  # other columns were sent: the null is real
