@@ -8,6 +8,7 @@ pending token.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from gateway.backend import Backend
 
@@ -46,12 +47,18 @@ class Awaits:
     def tx_ids(self) -> list[str]:
         return list(self._waiters)
 
-    async def wait(self, backend: Backend, tx_id: str, timeout_s: float) -> str | None:
-        """The version the transaction was released at, or None after `timeout_s`."""
+    async def wait(self, backend: Backend, tx_id: str, timeout_s: float,
+                   delivered: Callable[[], str | None] | None = None) -> str | None:
+        """The version the transaction was released at, or None after `timeout_s`.
+
+        With `delivered` (the newest release this process has handed to its connections), a
+        transaction the version store knows but this process has not delivered yet is waited for on
+        the event stream, so `visible` never overtakes its own transaction's `invalidate`.
+        """
         future = self.register(tx_id)
         try:
             version = await backend.tx_version(tx_id)
-            if version is not None:
+            if version is not None and (delivered is None or (delivered() or "") >= version):
                 return version
             return await asyncio.wait_for(future, timeout_s)
         except TimeoutError:

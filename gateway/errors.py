@@ -31,6 +31,7 @@ CLOSE_TOO_BIG: Final = 1009          # a frame larger than the frame limit (clos
 CLOSE_AUTH: Final = 4001             # missing, malformed, badly signed or expired token
 CLOSE_POLICY: Final = 4008           # limits violated repeatedly (rate, unread replies)
 CLOSE_OVER_CAPACITY: Final = 4013    # the gateway holds its maximum number of connections: try another or later
+CLOSE_INTERNAL: Final = 1011         # a fault of the gateway (logged with the connection id): reconnect, resume
 
 
 class ProtocolError(Exception):

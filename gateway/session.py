@@ -5,7 +5,9 @@ Guarantees, per connection:
 - pending invalidations coalesce per key to the newest version, so memory is bounded by the number
   of subscriptions (at most `max_subscriptions`), never by the event rate;
 - replies go out before invalidations that were queued with them, and keys whose subscription is
-  being set up are held back until the `subscribed` reply is queued.
+  being set up are held back until the `subscribed` reply is queued; after it, nothing at or below
+  the version it reported is sent (except the documented resume repeat);
+- a `visible` reply goes out after the invalidations queued before it (`control_after_pending`).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ def _newer(version: str, than: str | None) -> bool:
 class Session:
     # One per connection: slots, and a plain list for replies, keep it small.
     __slots__ = ("coalesced", "conn_id", "control_limit", "controls", "held", "known", "oldest_commit_ms",
-                 "pending", "taken_commit_ms", "wake")
+                 "pending", "taken_commit_ms", "trailing", "wake")
 
     def __init__(self, conn_id: str, control_limit: int = 64, wake: Callable[[], None] | None = None) -> None:
         self.conn_id = conn_id
@@ -35,6 +37,7 @@ class Session:
         self.pending: dict[str, str] = {}        # key -> newest version not yet sent
         self.held: set[str] = set()              # subscriptions being set up
         self.controls: list[str] = []
+        self.trailing: list[str] = []            # replies that must follow the invalidations pending now
         self.coalesced = 0
         self.oldest_commit_ms = 0   # commit time of the oldest change waiting in `pending`
         self.taken_commit_ms = 0    # the same for the invalidate frame last returned by take()
@@ -63,9 +66,11 @@ class Session:
             versions[key] = reported
             behind = key in since and reported is not None and _newer(reported, since[key])
             if behind and reported is not None:
-                self.pending[key] = reported
-            elif reported is not None and self.pending.get(key) == reported:
-                del self.pending[key]  # the reply itself tells the client this version
+                self.pending[key] = reported  # the documented resume repeat: the reply's version, once more
+            elif key in self.pending:
+                # Offered while the read was in flight, at or below what the reply tells (the version
+                # store can run ahead of the event stream): the reply covers it.
+                del self.pending[key]
         self.held.difference_update(current)
         self.control(protocol.subscribed(rid, versions, watermark))
         if self.pending:
@@ -101,8 +106,20 @@ class Session:
         self.controls.append(frame)
         self.wake()
 
+    def control_after_pending(self, frame: str) -> None:
+        """A reply that must reach the client after every invalidation pending now (`visible` after the
+        invalidate of its own transaction); an ordinary reply when nothing is pending."""
+        if not self.pending:
+            self.control(frame)
+            return
+        if len(self.controls) + len(self.trailing) >= self.control_limit:
+            raise ControlOverflow(f"{len(self.controls) + len(self.trailing)} replies unread")
+        self.trailing.append(frame)
+        self.wake()
+
     def take(self) -> list[str]:
-        """Frames to write now: replies first, then one invalidate with every pending key not held."""
+        """Frames to write now: replies first, then one invalidate with every pending key not held, then
+        the replies that had to wait for it."""
         frames, self.controls = self.controls, []
         self.taken_commit_ms = 0
         if self.pending:
@@ -115,11 +132,14 @@ class Session:
             if ready:
                 self.taken_commit_ms, self.oldest_commit_ms = self.oldest_commit_ms, 0
                 frames.append(protocol.invalidate(ready))
+        if self.trailing:
+            frames.extend(self.trailing)
+            self.trailing = []
         return frames
 
     @property
     def depth(self) -> int:
-        return len(self.pending) + len(self.controls)
+        return len(self.pending) + len(self.controls) + len(self.trailing)
 
 
 class TokenBucket:

@@ -8,7 +8,7 @@ import itertools
 import logging
 import time
 
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from gateway import errors as E
 from gateway import protocol
@@ -95,6 +95,7 @@ class Connection:
 
     async def run(self) -> None:
         writer = asyncio.create_task(self._writer(), name=f"writer-{self.session.conn_id}")
+        writer.add_done_callback(self._supervise)
         # A timer rather than a sleeping task: it is one per connection, and much smaller.
         loop = asyncio.get_running_loop()
         expiry = loop.call_at(loop.time() + max(0.0, self.grant.expires_at - time.time()), self._expire)
@@ -118,10 +119,33 @@ class Connection:
                 await _close(self.ws, self.state, *self.close_code)
 
     def _expire(self) -> None:
-        self.close_code = (E.CLOSE_AUTH, "token expired")
+        self._close_now(E.CLOSE_AUTH, "token expired")
+
+    def _close_now(self, code: int, reason: str) -> None:
+        """Close from beside the reader (which then sees the disconnect); the first reason wins."""
+        if self.closed:
+            return
+        self.close_code = (code, reason)
         self.closed = True
-        self.closing = asyncio.create_task(_close(self.ws, self.state, E.CLOSE_AUTH, "token expired"),
-                                           name=f"expiry-{self.session.conn_id}")
+        self.closing = asyncio.create_task(_close(self.ws, self.state, code, reason),
+                                           name=f"close-{self.session.conn_id}")
+
+    def _supervise(self, task: asyncio.Task[None]) -> None:
+        """A background task of this connection (its writer, an await) that died of an error: logged
+        with the connection id and the connection closed with 1011, never left silently half-alive."""
+        if task.cancelled() or task.exception() is None:
+            return
+        exc = task.exception()
+        gone = WebSocketState.DISCONNECTED in (self.ws.client_state, self.ws.application_state)
+        if isinstance(exc, (WebSocketDisconnect, OSError)) or (gone and isinstance(exc, RuntimeError)):
+            return  # the client went away mid-write: the reader ends the connection as usual
+        if isinstance(exc, ControlOverflow):
+            self._close_now(E.CLOSE_POLICY, str(exc))
+            return
+        log.error("[%s] %s failed; closing with %s", self.session.conn_id, task.get_name(), E.CLOSE_INTERNAL,
+                  exc_info=exc)
+        self.state.metrics.task_failures.labels(task.get_name().split("-", 1)[0]).inc()
+        self._close_now(E.CLOSE_INTERNAL, "internal error")
 
     async def _writer(self) -> None:
         while True:
@@ -179,23 +203,27 @@ class Connection:
         task = asyncio.create_task(self._await(request, tx_id), name=f"await-{self.session.conn_id}")
         self.awaits.add(task)
         task.add_done_callback(self.awaits.discard)
+        task.add_done_callback(self._supervise)
 
     async def _await(self, request: protocol.Await, tx_id: str) -> None:
-        """Runs beside the reader, so a pending await never delays other requests."""
+        """Runs beside the reader, so a pending await never delays other requests. A reply that does
+        not fit the reply queue (ControlOverflow) closes the connection with 4008 (_supervise)."""
+        hub = self.state.hub
         try:
-            version = await self.state.awaits.wait(self.state.backend, tx_id, request.timeout_ms / 1000)
+            version = await self.state.awaits.wait(self.state.backend, tx_id, request.timeout_ms / 1000,
+                                                   delivered=lambda: hub.watermark)
         except TooManyAwaits:
             self._error(ProtocolError(E.TOO_MANY_AWAITS, "too many pending awaits, retry", request.id))
             return
         except BackendUnavailable:
             self._error(ProtocolError(E.UNAVAILABLE, "version store unavailable, retry", request.id))
             return
-        except ControlOverflow:
-            return  # the reader closes the connection for the same reason
         if version is None:
             self._error(ProtocolError(E.TIMEOUT, f"not released within {request.timeout_ms} ms", request.id))
         else:
-            self.session.control(protocol.visible(request.id, request.token, version))
+            # After the invalidations of its own transaction on this connection, which the hub has
+            # handed to the session by now (the release is delivered before awaits are resolved).
+            self.session.control_after_pending(protocol.visible(request.id, request.token, version))
 
     async def _subscribe(self, request: protocol.Subscribe) -> None:
         forbidden = [k for k in request.keys if not self.grant.allows(k)]

@@ -22,6 +22,10 @@ op = st.one_of(
     st.tuples(st.just("read")),
     st.tuples(st.just("finish")),
     st.tuples(st.just("release"), st.lists(st.sampled_from(KEYS), min_size=1, max_size=3), st.integers(1, 3)),
+    # The version store runs ahead of the event stream: Redis holds a release whose pub/sub message
+    # has not reached the gateway yet ("ahead"), which is delivered later ("deliver").
+    st.tuples(st.just("ahead"), st.lists(st.sampled_from(KEYS), min_size=1, max_size=3), st.integers(1, 3)),
+    st.tuples(st.just("deliver")),
     st.tuples(st.just("stale"), st.sampled_from(KEYS)),
     st.tuples(st.just("take")),
     st.tuples(st.just("unsub"), st.lists(st.sampled_from(KEYS), min_size=1, max_size=3)),
@@ -41,6 +45,8 @@ class Model:
         self.taken: set[tuple[str, str]] = set()   # (key, version) invalidated, this subscription
         self.flight: dict[str, Any] | None = None  # a subscribe between begin and finish
         self.replies: list[dict[str, Any]] = []    # subscribe replies not read yet
+        self.stream: list[tuple[list[str], str]] = []  # released in the store, not yet offered to the session
+        self.repeat: set[str] = set()              # keys whose reply may be followed by the same version once
         self.rid = 0
 
     def check_invariants(self) -> None:
@@ -71,12 +77,22 @@ class Model:
             f, self.flight = self.flight, None
             s.finish_subscribe(f["rid"], f["snapshot"], f["since"], max(self.store.values(), default=None))
             self.replies.append(f)
-        elif kind == "release":
+        elif kind == "release" and not self.stream:
             _, keys, bump = operation
             self.version += bump
             for key in keys:
                 self.store[key] = ver(self.version)
                 s.offer(key, ver(self.version), commit_ms=self.version)
+        elif kind == "ahead":
+            _, keys, bump = operation
+            self.version += bump
+            for key in keys:
+                self.store[key] = ver(self.version)
+            self.stream.append((keys, ver(self.version)))
+        elif kind == "deliver" and self.stream:
+            keys, version = self.stream.pop(0)
+            for key in keys:
+                s.offer(key, version, commit_ms=int(version, 16))
         elif kind == "stale" and operation[1] in self.store:
             # a re-offer of the current version (as after a resync): news only if not yet known
             key, version = operation[1], self.store[operation[1]]
@@ -99,6 +115,12 @@ class Model:
                 assert msg["id"] == f["rid"]
                 assert set(msg["versions"]) == set(f["keys"])
                 for key, version in msg["versions"].items():
+                    behind = key in f["since"] and version is not None and (
+                        f["since"][key] is None or version > f["since"][key])
+                    if behind:
+                        self.repeat.add(key)  # the documented resume repeat: the reply's version, once more
+                    else:
+                        self.repeat.discard(key)
                     before = self.view.get(key)
                     assert version is None or before is None or version >= before
                     assert before is None or version is not None
@@ -118,13 +140,18 @@ class Model:
                     assert (key, version) not in self.taken, "sent twice"
                     assert key not in self.last_inv or version > self.last_inv[key], "not increasing"
                     current = self.view.get(key)
-                    assert current is None or version >= current, "older than what the client knows"
+                    repeat = key in self.repeat and version == current
+                    self.repeat.discard(key)
+                    assert current is None or version > current or repeat, \
+                        f"{key}@{version} not newer than {current}, which the client was told"
                     self.taken.add((key, version))
                     self.last_inv[key] = version
                     self.view[key] = version
 
     def settle(self) -> None:
-        """Let any subscribe in flight complete, then read everything."""
+        """Let any subscribe in flight complete, deliver the stream, then read everything."""
+        while self.stream:
+            self.apply(("deliver",))
         if self.flight is not None:
             self.apply(("read",))
             self.apply(("finish",))
@@ -253,3 +280,14 @@ def test_token_bucket_never_admits_more_than_burst_plus_rate_times_elapsed(rate:
     # and a client that keeps (just) under the rate is never refused
     steady = TokenBucket(rate, 0.0)
     assert all(steady.take(i * 1.001 / rate) for i in range(50))
+
+
+def test_session_no_invalidate_older_than_the_subscribed_reply() -> None:
+    """Review bug 3: a release offered while the subscribe's version read is in flight, with the version
+    store already ahead of the event stream, must not follow the reply with an older invalidate."""
+    model = Model()
+    for operation in [("sub", ["a"], {}), ("release", ["a"], 1), ("ahead", ["a"], 1), ("read",), ("finish",),
+                      ("take",), ("deliver",), ("take",)]:
+        model.apply(operation)
+    model.settle()
+    assert model.view["a"] == ver(2)

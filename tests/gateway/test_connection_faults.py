@@ -1,0 +1,104 @@
+"""Review bugs 6 and 7 and silent task deaths (#11), through the real app with the memory backend:
+an await reply that does not fit closes with 4008; `visible` never overtakes its own transaction's
+`invalidate`; a connection task that dies is logged and closed with 1011."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+import pytest
+from gw_support import Gateway, recv, ver
+from starlette.websockets import WebSocketDisconnect
+
+from gateway import errors as E
+from gateway import protocol
+from gateway import ws as ws_module
+from gateway.session import Session
+
+
+def _await(ws: object, rid: int, tok: str, timeout_ms: int = 5000) -> None:
+    ws.send_text(json.dumps({"op": "await", "id": rid, "token": tok, "timeout_ms": timeout_ms}))  # type: ignore[attr-defined]
+
+
+def test_connection_await_reply_overflow_closes_with_4008(make_gateway: object,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bug 6: the client reads nothing (its writer is stuck in a send), the reply queue is full, and an
+    await resolves: the connection is closed with the documented 4008, not left with a lost reply."""
+
+    async def stuck_writer(_self: object) -> None:
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(ws_module.Connection, "_writer", stuck_writer)
+    gw: Gateway = make_gateway(control_queue=3)  # type: ignore[operator]
+    with gw.connect() as ws:
+        _await(ws, 1, "fw1:42")
+        gw.wait(lambda: gw.state.awaits.pending == 1)
+        for rid in (2, 3, 4):
+            ws.send_json({"op": "ping", "id": rid})
+        gw.wait(lambda: any(s.depth == 3 for s in gw.state.hub.sessions))
+        gw.release(ver(5), [], tx_id="42")
+        with pytest.raises(WebSocketDisconnect) as closed:
+            recv(ws)
+        assert closed.value.code == E.CLOSE_POLICY
+
+
+def test_connection_visible_waits_for_the_stream_when_the_store_is_ahead(gw: Gateway) -> None:
+    """Bug 7: the version store already holds the transaction, but this gateway has not delivered its
+    release yet: `visible` waits for it and follows the `invalidate`."""
+    with gw.connect() as ws:
+        gw.subscribe(ws, ["a"])
+        gw.backend.txs["42"] = ver(5)  # in Redis, its pub/sub message not here yet
+        _await(ws, 9, "fw1:42")
+        with pytest.raises(AssertionError, match="no message"):
+            recv(ws, timeout_s=0.3)
+        gw.release(ver(5), ["a"], tx_id="42")
+        assert recv(ws) == {"type": "invalidate", "keys": {"a": ver(5)}}
+        assert recv(ws) == {"type": "visible", "id": 9, "token": "fw1:42", "version": ver(5)}
+
+
+def test_session_visible_follows_pending_invalidations() -> None:
+    """Bug 7, the delivery core: a reply queued after a pending invalidate goes out after it."""
+    s = Session("t")
+    s.begin_subscribe(["a"])
+    s.finish_subscribe(None, {"a": None}, {}, None)
+    s.take()
+    assert s.offer("a", ver(3))
+    s.control_after_pending(protocol.visible(1, "fw1:7", ver(3)))
+    s.control(protocol.pong(2))
+    assert [json.loads(f)["type"] for f in s.take()] == ["pong", "invalidate", "visible"]
+    s.control_after_pending(protocol.visible(3, "fw1:8", ver(4)))  # nothing pending: an ordinary reply
+    assert [json.loads(f)["type"] for f in s.take()] == ["visible"]
+
+
+def test_connection_await_of_another_tenants_transaction_learns_only_its_position(gw: Gateway) -> None:
+    """Bug 7, second part (decided in docs/protocol.md): a token covering none of a transaction's keys
+    learns that it was released and its version (a WAL position, as the watermark already tells
+    everyone), and nothing of its keys."""
+    with gw.connect(patterns=["tenant:1:*"]) as ws:
+        _await(ws, 1, "fw1:50")
+        gw.wait(lambda: gw.state.awaits.pending == 1)
+        gw.release(ver(6), ["tenant:2:secret"], tx_id="50")
+        assert recv(ws) == {"type": "visible", "id": 1, "token": "fw1:50", "version": ver(6)}
+
+
+def test_connection_writer_failure_is_logged_and_closed_with_1011(gw: Gateway, monkeypatch: pytest.MonkeyPatch,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """Silent task deaths: a send that fails inside the writer closes the connection with 1011 and logs
+    it with the connection id, instead of leaving a listen-only client connected to nothing."""
+
+    def failing_invalidate(_keys: object) -> str:
+        raise ValueError("injected send failure")
+
+    with gw.connect() as ws:
+        gw.subscribe(ws, ["a"])
+        monkeypatch.setattr(protocol, "invalidate", failing_invalidate)
+        with caplog.at_level(logging.ERROR, logger="gateway.ws"):
+            gw.release(ver(3), ["a"])
+            with pytest.raises(WebSocketDisconnect) as closed:
+                recv(ws)
+        assert closed.value.code == E.CLOSE_INTERNAL
+    failures = [r for r in caplog.records if "writer" in r.getMessage() and "failed" in r.getMessage()]
+    assert failures and failures[0].getMessage().startswith("[c")
+    assert gw.state.metrics.task_failures.labels("writer")._value.get() == 1
