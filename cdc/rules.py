@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from cdc.errors import RulesError
+from cdc.keys import KEY_RE, MAX_KEY_LENGTH, encode_key, encode_value
 from cdc.model import Row, RowChange
 
 IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -75,7 +76,7 @@ class Template:
             value = row[name]
             if value is None:
                 return None
-            parts.append(str(value))
+            parts.append(encode_value(value))
             parts.append(literal)
         return "".join(parts)
 
@@ -122,7 +123,12 @@ def parse_template(table: str, text: Any) -> Template:
         fields.append(name)
     if any(c.isspace() for c in text):
         raise RulesError(f"table {table}: template {text!r} must not contain white space")
-    return Template(text, tuple(fields))
+    template = Template(text, tuple(fields))
+    literal = "".join(template.literals)
+    if literal and not KEY_RE.match(literal):
+        raise RulesError(f"table {table}: template {text!r}: outside the placeholders only A-Z a-z 0-9 "
+                         "_ . : @ / + = - may appear (the protocol's key alphabet)")
+    return template
 
 
 def _table_rule(table: str, spec: Any) -> TableRule:
@@ -174,8 +180,12 @@ class Rules:
                 except KeyError:
                     prefixes[template.prefix] = None
                     continue
-                if key is not None:
-                    (keys if keep == n else prefixes)[key] = None
+                if key is None:
+                    continue
+                if keep == n and len(key) > MAX_KEY_LENGTH:
+                    # No client can subscribe to a key this long: its parent prefix reaches the keys that can.
+                    key, keep = self.parent(change.qualified, key), keep - 1
+                (keys if keep == n else prefixes)[key] = None
         return Invalidation(tuple(keys), tuple(prefixes))
 
     def for_missing(self, table: str) -> Invalidation:
@@ -241,7 +251,7 @@ def default_name(change: RowChange) -> str:
 
 def default_rule(change: RowChange) -> TableRule:
     """Tables without rules: a row key `<table>:<pk>` (pk columns joined by ':') and a table key `<table>`."""
-    name = default_name(change).replace("{", "{{").replace("}", "}}")
+    name = encode_value(default_name(change))  # a quoted identifier may hold anything, braces too
     pk_fields = list(change.key) if change.key and all(IDENT.match(f) for f in change.key) else []
     row_template = f"{name}:" + ":".join(f"{{{f}}}" for f in pk_fields) if pk_fields else None
     templates = [Template(name, ())]
@@ -274,11 +284,11 @@ def _outbox_keys(change: RowChange) -> Invalidation:
         return NOTHING
     explicit = row.get(OUTBOX_KEYS)
     if isinstance(explicit, list) and explicit and all(isinstance(k, str) and k for k in explicit):
-        return Invalidation(tuple(dict.fromkeys(explicit)), ())
+        return Invalidation(tuple(dict.fromkeys(encode_key(k) for k in explicit)), ())
     kind, ident = row.get(OUTBOX_TYPE), row.get(OUTBOX_ID)
     if kind is None or ident is None:
         return NOTHING
-    return Invalidation((f"{kind}:{ident}",), ())
+    return Invalidation((f"{encode_value(kind)}:{encode_value(ident)}",), ())
 
 
 def parse_rules(doc: dict[str, Any]) -> Rules:

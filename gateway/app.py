@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -108,13 +109,23 @@ def _err(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message, **extra}}, status_code=status)
 
 
+def _query_param(request: Request, name: str) -> str:
+    """A query parameter with `+` kept as `+` (it is in the key alphabet; form decoding would make it a
+    space); %XX escapes are decoded. The first occurrence wins."""
+    for part in request.scope.get("query_string", b"").decode("latin-1").split("&"):
+        key, _, value = part.partition("=")
+        if unquote(key) == name:
+            return unquote(value)
+    return ""
+
+
 async def versions(request: Request) -> Response:
     state: GatewayState = request.app.state.fw
     try:
         grant = state.verifier.verify(token_from(request))
     except AuthError as exc:
         return _err(401, "auth_failed", exc.reason)
-    raw = request.query_params.get("keys", "")
+    raw = _query_param(request, "keys")
     keys = [k for k in raw.split(",") if k] if raw else []
     if not keys:
         return _err(400, E.BAD_REQUEST, "pass keys=a,b,…")

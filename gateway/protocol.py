@@ -11,11 +11,11 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from cdc.keys import valid_key  # the key alphabet lives with the encoding of values in keys
 from gateway import errors as E
 from gateway.errors import ProtocolError
 
 SUBPROTOCOL = "freshwire.v1"
-KEY_RE = re.compile(r"^[A-Za-z0-9_.:@/+=-]{1,256}\Z")  # \Z: `$` would allow a trailing newline
 VERSION_RE = re.compile(r"^[0-9a-f]{16}\Z")
 MAX_ID = 2**53 - 1
 
@@ -46,10 +46,6 @@ class Await:
 
 
 Request = Subscribe | Unsubscribe | Ping | Await
-
-
-def valid_key(key: object) -> bool:
-    return isinstance(key, str) and KEY_RE.match(key) is not None
 
 
 def _request_id(body: dict[str, Any]) -> int | None:

@@ -53,10 +53,10 @@ def test_versions_forbidden_403_lists_keys(gw: Gateway) -> None:
 
 
 def test_versions_invalid_key_400(gw: Gateway) -> None:
-    status, body = _versions(gw, "ok,not ok")
+    status, body = _versions(gw, "ok,not*ok")
     assert status == 400
     assert body["error"]["code"] == E.INVALID_KEY  # type: ignore[index]
-    assert body["error"]["keys"] == ["not ok"]  # type: ignore[index]
+    assert body["error"]["keys"] == ["not*ok"]  # type: ignore[index]
 
 
 def test_versions_key_with_trailing_newline_400(gw: Gateway) -> None:
@@ -149,3 +149,19 @@ def test_metrics_counts_each_server_close_once(make_gateway: Callable[..., Gatew
             recv(ws, timeout_s=3)
     gw.wait(lambda: not gw.state.hub.sessions)
     assert 'freshwire_gateway_closes_total{code="4001"} 1.0' in gw.client.get("/metrics").text
+
+
+def test_versions_accepts_every_valid_key(gw: Gateway) -> None:
+    """Review bug 9: keys with `+`, `=`, `/`, `@` and encoded values (`José Ñ,x*` as the consumer renders
+    it) are read by /v1/versions as they are, whether sent raw or percent-encoded."""
+    from urllib.parse import quote
+
+    from cdc.keys import encode_value
+
+    keys = ["a+b", "x=y", "p/q@r", f"probe_text:{encode_value('José Ñ,x*')}"]
+    gw.release(ver(4), keys)
+    headers = {"Authorization": f"Bearer {token()}"}
+    for query in (",".join(keys), quote(",".join(keys), safe="")):
+        r = gw.client.get(f"/v1/versions?keys={query}", headers=headers)
+        assert r.status_code == 200, r.text
+        assert r.json()["versions"] == dict.fromkeys(keys, ver(4))

@@ -307,15 +307,16 @@ def test_rules_parse_rules_accepts_a_valid_document(tmp_path: Path) -> None:
     assert rule.columns == frozenset({"total", "id"}) and not rule.outbox  # a template's columns always count
 
 
-def test_rules_escaped_braces_render_truncate_and_prefix_alike() -> None:
-    r = rules('[tables."public.boards"]\nkeys = ["all{{boards}}", "b}}{{:{id}"]\n')
-    assert r.for_change(change("boards", "c", after={"id": 3})) == Invalidation(("all{boards}", "b}{:3"), ())
-    assert r.for_change(change("boards", "d", before={"x": 1})) == Invalidation(("all{boards}",), ("b}{:",))
-    assert r.for_change(change("boards", "t")) == Invalidation(("all{boards}",), ("b}{:",))
+def test_rules_template_literals_outside_the_key_alphabet_are_refused() -> None:
+    """Review bug 9: every key the consumer emits must be subscribable; a literal brace never is."""
+    with pytest.raises(RulesError, match="key alphabet"):
+        rules('[tables."public.boards"]\nkeys = ["all{{boards}}"]\n')
+    with pytest.raises(RulesError, match="key alphabet"):
+        rules('[tables."public.boards"]\nkeys = ["board#{id}"]\n')
 
 
 @pytest.mark.parametrize(("table", "key", "expected"), [
-    ("odd{name}", {"id": 1}, Invalidation(("odd{name}:1", "odd{name}"), ())),
+    ("odd{name}", {"id": 1}, Invalidation(("odd=7Bname=7D:1", "odd=7Bname=7D"), ())),
     ("items", {"0": 1}, Invalidation(("items",), ("items:",))),
     ("items", {"a}b": 1}, Invalidation(("items",), ("items:",))),
 ], ids=["braces_in_table_name", "digit_column", "brace_column"])
@@ -340,3 +341,27 @@ def test_rules_delete_with_full_identity_and_a_null_parent_renders_no_parent_key
     r = rules('[tables."public.cards"]\nkeys = ["card:{id}", "owner:{owner}"]\n')
     inv = r.for_change(change("cards", "d", before={**CARD, "owner": None}, key={"id": 1}))
     assert inv == Invalidation(("card:1",), ())  # other columns were sent: the null is real
+
+
+@pytest.mark.parametrize("value", ["José Ñ,x*", "a:b/c=d", "100%", "tab\there", "emoji 🙂", "", "=41"])
+def test_rules_text_keys_with_any_characters_render_valid_reversible_keys(value: str) -> None:
+    """Review bug 9: a table keyed by text renders keys every client can subscribe to, and the value
+    comes back exactly."""
+    from cdc.keys import decode_value, valid_key
+
+    r = rules('[tables."public.probe_text"]\nkeys = ["probe_text:{id}"]\n')
+    (key,) = r.for_change(change("probe_text", "c", after={"id": value}, key={"id": value})).keys
+    assert valid_key(key) or value == "", key
+    assert decode_value(key.removeprefix("probe_text:")) == value
+
+
+def test_rules_key_over_256_characters_becomes_its_parent_prefix() -> None:
+    r = rules('[tables."public.docs"]\nkeys = ["tenant:{tenant_id}:doc:{title}"]\n')
+    inv = r.for_change(change("docs", "c", after={"tenant_id": 7, "title": "x" * 300}))
+    assert inv == Invalidation((), ("tenant:7:doc:",))
+
+
+def test_rules_outbox_keys_are_made_valid() -> None:
+    row = {"keys": ["tenant:1:name:José"], "aggregatetype": "t", "aggregateid": "1"}
+    inv = DEMO.for_change(change("outbox", "c", after=row, tx="9:100"))
+    assert inv.keys == ("tenant:1:name:Jos=C3=A9",)
