@@ -21,6 +21,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
+from cdc.keys import valid_key
 from cdc.redis_layout import Published
 from gateway import errors as E
 from gateway import protocol
@@ -131,7 +132,7 @@ async def versions(request: Request) -> Response:
         return _err(400, E.BAD_REQUEST, "pass keys=a,b,…")
     if len(keys) > state.settings.max_subscriptions:
         return _err(400, E.TOO_MANY_KEYS, f"at most {state.settings.max_subscriptions} keys")
-    bad = [k for k in keys if not protocol.valid_key(k)]
+    bad = [k for k in keys if not valid_key(k)]
     if bad:
         return _err(400, E.INVALID_KEY, "keys are 1-256 characters of A-Z a-z 0-9 _ . : @ / + = -",
                     keys=[k[:256] for k in bad[:20]])
