@@ -37,7 +37,14 @@ def main(argv: list[str] | None = None) -> int:
     server = serve(metrics, settings.cdc_metrics_host, settings.cdc_metrics_port)
     log.info("rules: %s table(s) from %s", len(rules.tables), settings.rules or "(defaults only)")
     try:
-        Pipeline(settings, rules, metrics, stop).run()
+        pipeline = Pipeline(settings, rules, metrics, stop)
+        refused = pipeline.redis.refusal()
+        if refused:
+            log.error("%s", refused)
+            print(f"freshwire-cdc: {refused}", file=sys.stderr)
+            pipeline.close()
+            return 2
+        pipeline.run()
     except EffectError as exc:
         log.warning("stopped with effects pending (they replay on the next start): %s", exc)
     finally:

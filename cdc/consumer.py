@@ -24,6 +24,7 @@ from cdc.errors import DecodeError
 from cdc.keyset import KeyLimits
 from cdc.metrics import Metrics
 from cdc.model import Batch
+from cdc.redis_health import store_was_emptied
 from cdc.replicas import HoldPolicy, ReplicaWatcher, decide
 from cdc.rules import Rules
 from cdc.settings import Settings
@@ -80,7 +81,8 @@ class Pipeline:
         # Everything up to Redis' watermark was released (the release script moves it atomically with
         # the versions, in commit order) and everything up to ops_version is on the ops topic: a replay
         # from the committed offset (a restart, a new group) skips batches done by both effects.
-        released = min(self._released_watermark(), self.outputs.ops_version or "")
+        watermark = self._released_watermark()
+        released = min(watermark, self.outputs.ops_version or "")
         for p in partitions:
             self.assemblers[p.partition] = Assembler(self.rules, last_version=released, limits=self.limits)
         try:
@@ -89,6 +91,13 @@ class Pipeline:
             log.warning("could not read committed offsets on assignment: %s", exc)
             positions = []
         for committed in positions:
+            if store_was_emptied(watermark, committed.offset):
+                # Redis lost the version store behind our back: resuming clients would be told nothing
+                # changed. Replay from the committed offset, and the next release invalidates every key.
+                log.error("partition %s: committed offset %s but Redis holds no watermark (Redis was emptied); "
+                          "flushing every key with the next release", committed.partition, committed.offset)
+                self.metrics.store_resets.inc()
+                self.assemblers[committed.partition].flush_next = True
             try:
                 low, _high = consumer.get_watermark_offsets(committed, timeout=10)
             except KafkaException as exc:

@@ -14,6 +14,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from cdc.decode import MAX_RECORD_BYTES
 from cdc.errors import DecodeError
 from cdc.model import Batch
+from cdc.redis_health import refusal
 from cdc.redis_layout import PREFIXES, RELEASE_LUA, VERSIONS, WATERMARK, hops_arg, release_args, tx_key
 from cdc.versions import is_version
 
@@ -68,6 +69,13 @@ class RedisRelease:
             return sum(int(n) for n in pipe.execute())
         except redis.RedisError as exc:
             raise _redis_error(exc) from exc
+
+    def refusal(self) -> str | None:
+        """Why this Redis cannot keep the version store (cdc/redis_health.py); None if it can or is down."""
+        try:
+            return refusal(self._redis)
+        except redis.RedisError:
+            return None  # not reachable yet: the effects retry, and the next start checks again
 
     def watermark(self) -> str | None:
         """The last released version; raises EffectError if Redis did not answer."""

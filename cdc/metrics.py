@@ -55,6 +55,9 @@ class Metrics:
             "freshwire_cdc_retention_overruns_total",
             "restarts that found the input topic's retention past the committed offset (every key flushed)",
             registry=r)
+        self.store_resets = Counter(
+            "freshwire_cdc_store_resets_total",
+            "assignments that found Redis emptied behind a committed offset (every key flushed)", registry=r)
         self.degraded = Counter("freshwire_cdc_degraded_batches_total",
                                 "transactions too large to carry key by key, released as prefixes", registry=r)
         self.missing_events = Counter(

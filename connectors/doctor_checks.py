@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from cdc.errors import RulesError
+from cdc.redis_health import evicts_version_store
 from cdc.redis_layout import PREFIXES, VERSIONS, WATERMARK
 from cdc.rules import Rules
 from connectors.capture import capture_settings
@@ -145,7 +146,7 @@ def redis_policy(r: RedisFacts) -> Check:
     if p == "noeviction":
         return Check("redis_policy", "ok", "noeviction: a full Redis refuses writes (the consumer retries), "
                      "it never drops versions")
-    if p.startswith("allkeys-"):
+    if evicts_version_store(p):
         return Check("redis_policy", "blocker", f"{p}: under memory pressure Redis evicts {VERSIONS} whole, and "
                      "resuming clients are told nothing changed", NOEVICTION)
     if p.startswith("volatile-"):

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from cdc.effects import MAX_MESSAGE_BYTES
 from cdc.rules import load_rules
@@ -141,6 +142,35 @@ def apply_schema(s: StackSettings) -> None:
     with psycopg.connect(s.pg_dsn, autocommit=True) as conn:
         conn.execute((REPO / "demo" / "schema.sql").read_text().encode())
     publication.sync(s.pg_dsn, load_rules(RULES_FILE))  # exactly the rule tables, never FOR ALL TABLES
+
+
+class PreflightError(RuntimeError):
+    """The doctor found a blocker: the stack does not start on a database or Redis that would break."""
+
+
+def _preflight(checks: list[Any], what: str) -> None:
+    from connectors.doctor_checks import format_line
+
+    blockers = [c for c in checks if c.level == "blocker"]
+    for c in checks:
+        if c.level == "warning":
+            print(f"  doctor: {format_line(c)}", file=sys.stderr)
+    if blockers:
+        raise PreflightError(f"{what} is not fit for Freshwire (python -m connectors.doctor):\n"
+                             + "\n".join(format_line(c) for c in blockers))
+
+
+def preflight_postgres(s: StackSettings) -> None:
+    """The doctor's PostgreSQL checks on the stack's own database, before anything reads from it."""
+    from connectors.doctor import check_postgres
+
+    _preflight(check_postgres(s.pg_dsn, load_rules(RULES_FILE)), "PostgreSQL")
+
+
+def preflight_redis(s: StackSettings) -> None:
+    from connectors.doctor import check_redis
+
+    _preflight(check_redis(s.redis_url), "Redis")
 
 
 REPLICA_SLOT = "freshwire_replica"

@@ -53,6 +53,7 @@ def _register_connector(s: StackSettings) -> None:
 
 def _postgres_ready(s: StackSettings) -> None:
     services.apply_schema(s)
+    services.preflight_postgres(s)  # the doctor: a blocker stops `make up` here, with its fix
     if not s.with_replica:
         # An unused replica slot would hold back the primary's xmin (hot_standby_feedback) and WAL:
         # every table would bloat while the stack runs without its replica.
@@ -63,7 +64,7 @@ def parts(two_gateways: bool, with_replica: bool = False) -> list[Part]:
     found = [
         Part("postgres", services.postgres_proc, after=_postgres_ready, after_always=True),
         *([Part("replica", services.replica_proc)] if with_replica else []),
-        Part("redis", services.redis_proc),
+        Part("redis", services.redis_proc, after=services.preflight_redis),
         Part("kafka", services.kafka_proc, after=services.create_topics),
         Part("connect", services.connect_proc, after=_register_connector),
         Part("cdc", services.cdc_proc, app=True),

@@ -21,6 +21,22 @@ from gateway.settings import GatewaySettings, load_gateway_settings
 WS_IMPL = "websockets-sansio" if "websockets-sansio" in WS_PROTOCOLS else "websockets"
 
 
+def redis_refusal(url: str) -> str | None:
+    """Why the version store's Redis cannot keep it (an evicting policy, TTLs); None if it can, if the
+    backend is not Redis, or if Redis is not reachable yet (the gateway then retries as usual)."""
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        return None
+    import redis
+
+    from cdc.redis_health import refusal
+
+    try:
+        with redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2) as client:
+            return refusal(client)
+    except (redis.RedisError, OSError):
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gateway", description="Freshwire's WebSocket gateway.")
     parser.add_argument("--host", default="127.0.0.1")
@@ -36,6 +52,10 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_gateway_settings(overrides)
     except SettingsError as exc:
         print(f"freshwire-gateway: {exc}", file=sys.stderr)
+        return 2
+    refused = redis_refusal(settings.redis_url)
+    if refused:
+        print(f"freshwire-gateway: {refused}", file=sys.stderr)
         return 2
     uvicorn.run(
         create_app(settings),

@@ -291,3 +291,18 @@ def test_doctor_managed_redis_refusing_config_is_read_through_info(tmp_path: Pat
     assert checks["redis_policy"].level == "blocker" and "allkeys-lru" in checks["redis_policy"].detail
     assert checks["redis_persistence"].level == "warning" and "appendonly no" in checks["redis_persistence"].detail
     assert checks["version_store"].level == "skipped"
+
+
+def test_doctor_consumer_and_gateway_refuse_an_evicting_redis_at_start(stack_settings: StackSettings,
+                                                                       evicting_redis: str) -> None:
+    """The consumer and the gateways check the version store's Redis at start: an allkeys-* policy
+    is refused with its fix (exit 2), never run on until it silently drops every version."""
+    s = stack_settings
+    env = {**os.environ, "FRESHWIRE_REDIS_URL": evicting_redis, "FRESHWIRE_KAFKA_BOOTSTRAP": s.kafka_bootstrap,
+           "FRESHWIRE_CDC_METRICS_PORT": str(_free_port(29108)), "FRESHWIRE_CDC_GROUP": "doctor-probe",
+           "FRESHWIRE_JWT_SECRET": "4b1d" * 16, "FRESHWIRE_DEV_MODE": "0"}
+    for argv in (["-m", "cdc"], ["-m", "gateway", "--port", str(_free_port(28080))]):
+        out = subprocess.run([sys.executable, *argv], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 2, (argv, out.stderr[-2000:])
+        assert "allkeys-lru" in out.stderr and "noeviction" in out.stderr, out.stderr[-2000:]
+

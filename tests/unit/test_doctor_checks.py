@@ -339,3 +339,14 @@ def test_doctor_cli_exits_2_and_prints_one_line_per_check(capsys: pytest.Capture
     lines = capsys.readouterr().out.splitlines()
     assert code == 2
     assert [line.split()[:2] for line in lines] == [["ok", "rules"], ["blocker", "postgres"]]
+
+
+def test_redis_health_pure_verdicts() -> None:
+    from cdc.redis_health import evicts_version_store, store_was_emptied
+
+    assert evicts_version_store("allkeys-lru") and evicts_version_store("allkeys-lfu")
+    assert not evicts_version_store("noeviction") and not evicts_version_store("volatile-lru")
+    assert not evicts_version_store(None)
+    assert store_was_emptied(None, 10) and store_was_emptied("", 1)
+    assert not store_was_emptied("00000000019d0138", 10) and not store_was_emptied(None, 0)
+    assert not store_was_emptied(None, None)
