@@ -1,6 +1,9 @@
 """`python -m gateway.mint` / `freshwire-token`: mint an HS256 token for development.
 
     python -m gateway.mint --sub alice --keys 'tenant:1:*' 'card:*' --ttl 3600
+
+Without FRESHWIRE_JWT_SECRET or --secret it signs with the development secret `make up` runs with
+(and says so on stderr), so the command works against the dev stack as the docs show it.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import os
 import sys
 
 from gateway.auth import mint
+from gateway.settings import DEV_SECRET
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,10 +24,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--secret", default=os.environ.get("FRESHWIRE_JWT_SECRET", ""),
                         help="HS256 secret (env FRESHWIRE_JWT_SECRET)")
     args = parser.parse_args(argv)
-    if not args.secret:
-        print("freshwire-token: set FRESHWIRE_JWT_SECRET or pass --secret", file=sys.stderr)
-        return 2
-    print(mint(args.secret, args.sub, args.keys, args.ttl))
+    secret = args.secret
+    if not secret:
+        secret = DEV_SECRET
+        print("freshwire-token: signing with the development secret of `make up` (only its gateways, in "
+              "FRESHWIRE_DEV_MODE, accept it); set FRESHWIRE_JWT_SECRET or --secret for any other", file=sys.stderr)
+    print(mint(secret, args.sub, args.keys, args.ttl))
     return 0
 
 

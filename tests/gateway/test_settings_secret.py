@@ -44,3 +44,18 @@ def test_settings_gateway_process_exits_2_on_the_development_secret() -> None:
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
     assert "published development secret" in out.stderr
+
+
+def test_settings_mint_works_against_the_dev_stack_without_configuration() -> None:
+    """Newcomer friction (#11): `python -m gateway.mint --sub alice --keys …`, as docs/protocol.md shows
+    it, prints a token the dev stack's gateways accept, and says which secret it used."""
+    from gateway.auth import Verifier
+    from gateway.settings import GatewaySettings
+
+    env = {"PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-m", "gateway.mint", "--sub", "alice", "--keys", "card:*"], cwd=REPO,
+                         env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "development secret" in out.stderr
+    grant = Verifier(GatewaySettings(jwt_secret=DEV_SECRET, dev_mode=True)).verify(out.stdout.strip())
+    assert grant.subject == "alice" and grant.allows("card:7") and not grant.allows("board:1")
