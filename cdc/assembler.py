@@ -136,9 +136,11 @@ class Assembler:
             self.skipped_replays += 1
             return None
         self.last_version = version
+        lapse = ""
         if self.flush_next:
             tx.keys.prefixes[""] = ""
             self.flush_next = False
+            lapse = "flush"
         return Batch(
             version=version,
             tx_id=tx.tx_id,
@@ -148,6 +150,7 @@ class Assembler:
             ops={table: dict(ops) for table, ops in tx.ops.items()},
             degraded=tx.keys.degraded,
             missing=missing,
+            lapse=lapse,
         )
 
 

@@ -243,6 +243,7 @@ class Pipeline:
             if decision.stale:
                 self.metrics.released_stale.inc()
                 log.warning("released %s after %.2fs without every replica having it", ready[0].version, held)
+                ready = [replace(b, lapse=b.lapse or "replica_lag") for b in ready]
             self._release_now(ready)
             waited = time.monotonic() - since
             for _ in ready:

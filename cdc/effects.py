@@ -64,7 +64,8 @@ class RedisRelease:
                 hops = hops_arg(*b.arrival_ms, publish_ms) if b.arrival_ms[1] else ""
                 tx = b.token_tx_id  # no marker for snapshot rows: no write token can name them
                 self._script(keys=[VERSIONS, PREFIXES, WATERMARK, tx_key(tx)],
-                             args=release_args(b.version, b.commit_ts_ms, b.keys, b.prefixes, tx, hops=hops),
+                             args=release_args(b.version, b.commit_ts_ms, b.keys, b.prefixes, tx, hops=hops,
+                                               lapse=b.lapse),
                              client=pipe)
             return sum(int(n) for n in pipe.execute())
         except redis.RedisError as exc:

@@ -84,6 +84,10 @@ class Batch:
     # Tables whose END counted more events than reached the consumer (dropped or dead-lettered):
     # invalidated as a truncate would. (table, events missing)
     missing: tuple[tuple[str, int], ...] = ()
+    # A guarantee that lapsed for this batch's keys, told to their subscribers (docs/protocol.md `lapse`):
+    # "replica_lag" (released past max_hold before every replica had it), "flush" (every key invalidated
+    # after lost invalidations: retention overrun, or a version store found emptied). "" when none.
+    lapse: str = ""
 
     @property
     def empty(self) -> bool:

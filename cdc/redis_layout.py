@@ -25,7 +25,7 @@ WATERMARK = "{fw}:watermark"
 CHANNEL = "fw:inv"
 
 # KEYS: versions, prefixes, watermark, tx marker.
-# ARGV: version, channel, commit_ts_ms, n_keys, tx_id, tx_ttl_s, hops, keys..., prefixes...
+# ARGV: version, channel, commit_ts_ms, n_keys, tx_id, tx_ttl_s, hops, lapse, keys..., prefixes...
 # `hops` is "<kafka record ts ms> <consumer receipt ms> <publish call ms>" (or empty), carried to the
 # gateways as `h` for the per-hop latency breakdown (bench/latency.py); it changes nothing else.
 # Advances each key (and prefix) only if the new version is greater, moves the watermark, and
@@ -34,14 +34,14 @@ RELEASE_LUA = """
 local v = ARGV[1]
 local nkeys = tonumber(ARGV[4])
 local keys, prefixes = {}, {}
-for i = 8, 7 + nkeys do
+for i = 9, 8 + nkeys do
   local cur = redis.call('HGET', KEYS[1], ARGV[i])
   if (not cur) or cur < v then
     redis.call('HSET', KEYS[1], ARGV[i], v)
     keys[#keys + 1] = ARGV[i]
   end
 end
-for i = 8 + nkeys, #ARGV do
+for i = 9 + nkeys, #ARGV do
   local cur = redis.call('HGET', KEYS[2], ARGV[i])
   if (not cur) or cur < v then
     redis.call('HSET', KEYS[2], ARGV[i], v)
@@ -62,6 +62,9 @@ if #keys > 0 or #prefixes > 0 or moved then
   if ARGV[7] ~= '' then
     message.h = ARGV[7]
   end
+  if ARGV[8] ~= '' then
+    message.l = ARGV[8]
+  end
   redis.call('PUBLISH', ARGV[2], cjson.encode(message))
 end
 return #keys
@@ -79,6 +82,7 @@ class Published:
     watermark: str
     tx_id: str = ""
     hops: tuple[float, ...] = ()  # kafka record ts, consumer receipt, publish call (epoch ms), when carried
+    lapse: str = ""  # a guarantee that lapsed for this batch's keys (cdc.model.Batch.lapse)
 
 
 def _strings(value: Any) -> tuple[str, ...]:
@@ -98,6 +102,7 @@ def decode_published(raw: bytes | str) -> Published:
         watermark=str(body.get("wm") or body["v"]),
         tx_id=str(body.get("x") or ""),
         hops=_hops(body.get("h")),
+        lapse=str(body.get("l") or ""),
     )
 
 
@@ -120,8 +125,9 @@ def tx_key(tx_id: str) -> str:
 
 
 def release_args(version: str, commit_ts_ms: int, keys: tuple[str, ...], prefixes: tuple[str, ...],
-                 tx_id: str = "", tx_ttl_s: int = TX_TTL_S, hops: str = "") -> list[str]:
-    return [version, CHANNEL, str(commit_ts_ms), str(len(keys)), tx_id, str(tx_ttl_s), hops, *keys, *prefixes]
+                 tx_id: str = "", tx_ttl_s: int = TX_TTL_S, hops: str = "", lapse: str = "") -> list[str]:
+    return [version, CHANNEL, str(commit_ts_ms), str(len(keys)), tx_id, str(tx_ttl_s), hops, lapse, *keys,
+            *prefixes]
 
 
 class PrefixSet:

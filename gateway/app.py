@@ -51,6 +51,9 @@ async def resync(state: GatewayState) -> None:
             if version is not None:
                 state.hub.offer(key, version, 0)
     state.advance_watermark(await state.backend.watermark())
+    # Live delivery was interrupted: the versions above are re-read, and every client is told so.
+    state.metrics.lapses.labels("resync").inc()
+    state.hub.lapse("resync", state.hub.watermark, everyone=True)
     await state.awaits.recheck(state.backend)
 
 
@@ -62,6 +65,9 @@ def release(state: GatewayState, events: list[Published]) -> None:
         state.hub.deliver_many(events)
         for event in events:
             state.advance_watermark(event.watermark)
+            if event.lapse:
+                state.metrics.lapses.labels(event.lapse).inc()
+                state.hub.lapse(event.lapse, event.version, event.keys, event.prefixes)
             if event.tx_id:
                 state.awaits.resolve(event.tx_id, event.version)
     except Exception as exc:  # also runs as a loop callback: make a failure visible, as in the pump

@@ -28,7 +28,7 @@ class MemoryBackend:
         self.healthy = False
 
     def release(self, version: str, keys: Sequence[str] = (), prefixes: Sequence[str] = (),
-                commit_ts_ms: int = 0, tx_id: str = "") -> Published | None:
+                commit_ts_ms: int = 0, tx_id: str = "", lapse: str = "") -> Published | None:
         advanced = [k for k in dict.fromkeys(keys) if self.versions.get(k, "") < version]
         for k in advanced:
             self.versions[k] = version
@@ -42,7 +42,8 @@ class MemoryBackend:
             self.wm = version
         if not (advanced or advanced_p or moved):
             return None
-        event = Published(version, tuple(advanced), tuple(advanced_p), commit_ts_ms, self.wm or version, tx_id)
+        event = Published(version, tuple(advanced), tuple(advanced_p), commit_ts_ms, self.wm or version, tx_id,
+                          lapse=lapse)
         self._queue.put_nowait(event)
         return event
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from cdc.redis_layout import PrefixSet, Published
-from gateway.session import Session
+from gateway import protocol
+from gateway.session import ControlOverflow, Session
 
 
 class Hub:
@@ -108,3 +109,26 @@ class Hub:
 
     def keys(self) -> list[str]:
         return list(self.index)
+
+    def lapse(self, reason: str, version: str | None, keys: Sequence[str] = (), prefixes: Sequence[str] = (),
+              everyone: bool = False) -> int:
+        """Tell each subscriber of `keys` (or of a key under `prefixes`; every session when `everyone`)
+        that a guarantee lapsed for those of its keys, after the invalidations already queued for it.
+        Returns the number of sessions told. A session whose replies are full is closed by its own
+        connection (ControlOverflow at its next reply), so it is skipped here."""
+        affected: dict[Session, list[str]] = {}
+        if everyone:
+            affected = {s: list(s.known) for s in self.sessions if s.known}
+        else:
+            released = PrefixSet(dict.fromkeys(prefixes, version or ""))
+            for key in [*keys, *(k for k in self.index if prefixes and released.covering(k))]:
+                for session in self.index.get(key, ()):
+                    affected.setdefault(session, []).append(key)
+        told = 0
+        for session, names in affected.items():
+            try:
+                session.control_after_pending(protocol.lapse(reason, sorted(set(names)), version))
+                told += 1
+            except ControlOverflow:
+                continue
+        return told

@@ -47,6 +47,8 @@ class GatewayMetrics:
         self.commit_to_send = Histogram("freshwire_gateway_commit_to_send_seconds",
                                         "database commit to the invalidate frame being written",
                                         buckets=LAG_BUCKETS, registry=r)
+        self.lapses = Counter("freshwire_gateway_lapses_total",
+                              "guarantee lapses told to clients (replica_lag, flush, resync)", ["reason"], registry=r)
         self.task_failures = Counter("freshwire_gateway_task_failures_total",
                                      "connection tasks (writer, await) that died of an error: closed with 1011",
                                      ["task"], registry=r)

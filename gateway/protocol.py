@@ -153,6 +153,11 @@ def visible(rid: int | None, token: str, version: str) -> str:
     return _dump(_with_id({"type": "visible", "token": token, "version": version}, rid))
 
 
+def lapse(reason: str, keys: list[str], version: str | None) -> str:
+    """A guarantee lapsed for these subscribed keys (docs/protocol.md `lapse`)."""
+    return _dump({"type": "lapse", "reason": reason, "keys": keys, "version": version})
+
+
 def invalidate(keys: dict[str, str]) -> str:
     if len(keys) <= INVALIDATE_CACHED_KEYS:
         return _invalidate_of(tuple(keys.items()))

@@ -67,9 +67,10 @@ class Gateway:
         return state
 
     def release(self, version: str, keys: Sequence[str] = (), prefixes: Sequence[str] = (),
-                commit_ts_ms: int = 0, tx_id: str = "") -> Published | None:
+                commit_ts_ms: int = 0, tx_id: str = "", lapse: str = "") -> Published | None:
         assert self.client.portal is not None
-        return self.client.portal.call(lambda: self.backend.release(version, keys, prefixes, commit_ts_ms, tx_id))
+        return self.client.portal.call(lambda: self.backend.release(version, keys, prefixes, commit_ts_ms, tx_id,
+                                                                    lapse))
 
     def resync(self) -> None:
         assert self.client.portal is not None

@@ -102,3 +102,22 @@ def test_connection_writer_failure_is_logged_and_closed_with_1011(gw: Gateway, m
     failures = [r for r in caplog.records if "writer" in r.getMessage() and "failed" in r.getMessage()]
     assert failures and failures[0].getMessage().startswith("[c")
     assert gw.state.metrics.task_failures.labels("writer")._value.get() == 1
+
+
+def test_connection_lapse_tells_subscribers_of_the_batch_after_its_invalidate(gw: Gateway) -> None:
+    """#11 "tell clients when a guarantee lapses": a release forced past max_hold reaches the
+    subscribers of its keys as `invalidate`, then `lapse` replica_lag naming those keys; others hear
+    nothing. A flush (prefix "") tells every subscriber, for all of its keys."""
+    with gw.connect() as a, gw.connect() as b:
+        gw.subscribe(a, ["k1", "k2"])
+        gw.subscribe(b, ["k3"])
+        gw.release(ver(5), ["k1"], lapse="replica_lag")
+        assert recv(a) == {"type": "invalidate", "keys": {"k1": ver(5)}}
+        assert recv(a) == {"type": "lapse", "reason": "replica_lag", "keys": ["k1"], "version": ver(5)}
+        assert gw.ping(b) == []
+        gw.release(ver(6), [], [""], lapse="flush")
+        assert recv(a) == {"type": "invalidate", "keys": {"k1": ver(6), "k2": ver(6)}}
+        assert recv(a) == {"type": "lapse", "reason": "flush", "keys": ["k1", "k2"], "version": ver(6)}
+        assert recv(b) == {"type": "invalidate", "keys": {"k3": ver(6)}}
+        assert recv(b)["reason"] == "flush"
+    assert gw.state.metrics.lapses.labels("replica_lag")._value.get() == 1

@@ -438,8 +438,10 @@ def test_invalidate_resync_re_reads_missed_versions(gw: Gateway) -> None:
         frames = gw.invalidations_until(ws, "c", ver(4))
         assert _check_stream(frames, {"a", "b", "c"}, {"a": ver(1), "b": ver(1)}) == {
             "a": ver(4), "b": ver(1), "c": ver(4)}
-        gw.resync()  # nothing new: nothing sent
-        assert gw.ping(ws) == []
+        # then the client is told that live delivery lapsed and every key was re-read (#11)
+        assert recv(ws) == {"type": "lapse", "reason": "resync", "keys": ["a", "b", "c"], "version": ver(1)}
+        gw.resync()  # nothing new: no invalidate, only the lapse
+        assert [m["type"] for m in gw.ping(ws)] == ["lapse"]
         assert gw.state.metrics.resyncs._value.get() == 2
 
 

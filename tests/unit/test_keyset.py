@@ -171,3 +171,12 @@ def test_whole_tables_covers_the_batch() -> None:
 def test_tx_end_decodes_data_collections() -> None:
     end = _records(1)[-1]
     assert isinstance(end, TxEnd) and end.collections == (("public.cards", 1),)
+
+
+def test_assembler_flush_batch_carries_the_flush_lapse() -> None:
+    assembler = Assembler(RULES)
+    assembler.flush_next = True
+    (batch,) = _feed(assembler, _records(1))
+    assert batch.lapse == "flush" and "" in batch.prefixes
+    (later,) = _feed(assembler, _records(1, xid="10", end_lsn=6000))
+    assert later.lapse == ""

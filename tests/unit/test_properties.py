@@ -38,8 +38,8 @@ class RedisModel:
 
     def release(self, argv: list[str]) -> int:
         v, nkeys = argv[0], int(argv[3])
-        keys = self._advance(self.versions, argv[7:7 + nkeys], v)
-        prefixes = self._advance(self.prefixes, argv[7 + nkeys:], v)
+        keys = self._advance(self.versions, argv[8:8 + nkeys], v)
+        prefixes = self._advance(self.prefixes, argv[8 + nkeys:], v)
         moved = self.watermark is None or self.watermark < v
         if moved:
             self.watermark = v
@@ -49,6 +49,8 @@ class RedisModel:
                        "x": argv[4]}
             if argv[6]:
                 message["h"] = argv[6]
+            if argv[7]:
+                message["l"] = argv[7]
             self.published.append(decode_published(json.dumps(message)))
         return len(keys)
 
@@ -63,7 +65,8 @@ class RedisModel:
         return advanced
 
     def apply(self, batch: Batch) -> int:
-        return self.release(release_args(batch.version, batch.commit_ts_ms, batch.keys, batch.prefixes))
+        return self.release(release_args(batch.version, batch.commit_ts_ms, batch.keys, batch.prefixes,
+                                         lapse=batch.lapse))
 
 
 def test_properties_redis_model_mirrors_release_script() -> None:
