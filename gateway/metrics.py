@@ -6,15 +6,31 @@ time, so there is one source of truth and nothing to keep in step on the fan-out
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import bisect
+import time
+from collections.abc import Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from gateway.hub import Hub
 
 LAG_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+def staleness_buckets(lags: Iterable[float], bounds: tuple[float, ...] = LAG_BUCKETS) -> tuple[list[int], float]:
+    """Cumulative counts per upper bound (the last one +Inf) and the sum: a histogram over connections."""
+    counts = [0] * (len(bounds) + 1)
+    total = 0.0
+    for lag in lags:
+        counts[bisect.bisect_left(bounds, lag)] += 1
+        total += lag
+    running, cumulative = 0, []
+    for n in counts:
+        running += n
+        cumulative.append(running)
+    return cumulative, total
 
 
 class _HubCollector(Collector):
@@ -34,6 +50,18 @@ class _HubCollector(Collector):
         yield CounterMetricFamily("freshwire_gateway_coalesced",
                                   "pending invalidations replaced by a newer version before being sent",
                                   value=hub.coalesced)
+        # How far each connection trails what was released: the age of its oldest unsent change (0 for a
+        # connection with nothing pending), read at scrape time.
+        now_ms = time.time() * 1000
+        lags = [max(0.0, now_ms - s.oldest_commit_ms) / 1000 if s.pending and s.oldest_commit_ms else 0.0
+                for s in hub.sessions]
+        cumulative, total = staleness_buckets(lags)
+        bounds = [*(str(b) for b in LAG_BUCKETS), "+Inf"]
+        yield HistogramMetricFamily("freshwire_gateway_connection_staleness_seconds",
+                                    "per connection: age of its oldest change not yet sent (over connections)",
+                                    buckets=list(zip(bounds, cumulative, strict=True)), sum_value=total)
+        yield GaugeMetricFamily("freshwire_gateway_connection_staleness_worst_seconds",
+                                "the most stale connection's oldest unsent change", value=max(lags, default=0.0))
 
 
 class GatewayMetrics:

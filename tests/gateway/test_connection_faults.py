@@ -121,3 +121,34 @@ def test_connection_lapse_tells_subscribers_of_the_batch_after_its_invalidate(gw
         assert recv(b) == {"type": "invalidate", "keys": {"k3": ver(6)}}
         assert recv(b)["reason"] == "flush"
     assert gw.state.metrics.lapses.labels("replica_lag")._value.get() == 1
+
+
+def test_metrics_connection_staleness_histogram_and_worst(make_gateway: object,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """#11 per-connection staleness: a connection whose writer is stuck holds an unsent change; its age
+    shows in the histogram over connections and as the worst, while an idle connection counts as 0."""
+    import time
+
+    async def stuck_writer(_self: object) -> None:
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(ws_module.Connection, "_writer", stuck_writer)
+    gw: Gateway = make_gateway()  # type: ignore[operator]
+    with gw.connect() as a, gw.connect():
+        a.send_json({"op": "subscribe", "id": 1, "keys": ["k"]})
+        gw.wait(lambda: any("k" in s.known and not s.held for s in gw.state.hub.sessions))
+        gw.release(ver(2), ["k"], commit_ts_ms=int(time.time() * 1000) - 3000)
+        gw.wait(lambda: any(s.pending for s in gw.state.hub.sessions))
+        text = gw.client.get("/metrics").text
+    worst = float(next(line.split()[1] for line in text.splitlines()
+                       if line.startswith("freshwire_gateway_connection_staleness_worst_seconds")))
+    assert 3.0 <= worst < 60
+    assert 'freshwire_gateway_connection_staleness_seconds_bucket{le="2.5"} 1.0' in text
+    assert 'freshwire_gateway_connection_staleness_seconds_count 2.0' in text
+
+
+def test_metrics_staleness_buckets_are_cumulative() -> None:
+    from gateway.metrics import staleness_buckets
+
+    cumulative, total = staleness_buckets([0.0, 0.003, 7.0, 99.0], bounds=(0.002, 0.005, 10.0))
+    assert cumulative == [1, 2, 3, 4] and total == pytest.approx(106.003)
