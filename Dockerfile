@@ -2,6 +2,7 @@
 #   python -m cdc
 #   python -m gateway --host 0.0.0.0 --port 8080
 #   python -m connectors.register --connect http://connect:8083 --pg-host postgres --pg-port 5432
+#   python -m clients.sink
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -17,11 +18,12 @@ COPY cdc ./cdc
 COPY gateway ./gateway
 COPY connectors ./connectors
 COPY demo ./demo
+COPY clients ./clients
 RUN pip install -c constraints.txt .
 
-# connectors/freshwire-postgres.json is not package data, so the installed `connectors` cannot
-# find it; run the sources under /app instead (the same files the native stack runs), with the
-# install providing the dependencies. demo/rules.toml is read from here too (FRESHWIRE_RULES).
+# Run the sources under /app (the same files the native stack runs), with the install providing the
+# dependencies; demo/rules.toml is read from here (FRESHWIRE_RULES), and the gateway serves
+# clients/js/freshwire.js at /client.js.
 ENV PYTHONPATH=/app
 
 RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin freshwire

@@ -5,6 +5,7 @@ network, an image that moves under us, topics or connector config out of step wi
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -199,3 +200,27 @@ def test_compose_replica_stays_behind_its_profile(svcs: dict[str, dict[str, Any]
         pytest.skip("no postgres-replica service")
     assert replica.get("profiles") == ["replica"]
     assert "postgres" in _depends_on(replica)
+
+
+def test_compose_loads_with_the_compose_specs_own_loader(tmp_path: Path) -> None:
+    """compose-go (the Compose specification's reference loader, what `docker compose` runs) loads the
+    file: schema, interpolation, normalization. Without FRESHWIRE_JWT_SECRET it refuses, with our
+    message: a `docker compose up` without configuration never runs on the published dev secret."""
+    import shutil
+    import subprocess
+
+    go = shutil.which("go") or "/usr/local/go/bin/go"
+    source = REPO / "tests" / "compose_check"
+    build = subprocess.run([go, "build", "-o", str(tmp_path / "compose_check"), "."], cwd=source,
+                           capture_output=True, text=True, timeout=900)
+    assert build.returncode == 0, build.stderr[-3000:]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FRESHWIRE_")}
+    loaded = subprocess.run([str(tmp_path / "compose_check"), str(REPO / "docker-compose.yml")],
+                            env={**env, "FRESHWIRE_JWT_SECRET": "4b1d" * 16}, capture_output=True, text=True,
+                            timeout=60)
+    assert loaded.returncode == 0, loaded.stderr
+    assert loaded.stdout.strip().endswith("services")
+    refused = subprocess.run([str(tmp_path / "compose_check"), str(REPO / "docker-compose.yml")], env=env,
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode != 0
+    assert "FRESHWIRE_JWT_SECRET" in refused.stderr and "secret of your own" in refused.stderr
