@@ -206,10 +206,12 @@ async def readyz(request: Request) -> Response:
     stall = time.monotonic() - state.watermark_moved_at
     limit = state.settings.max_stream_stall_s
     stream_ok = limit <= 0 or stall <= limit
-    ready = state.backend.healthy and state.pump_alive and stream_ok
+    auth = state.verifier.problem()
+    ready = state.backend.healthy and state.pump_alive and stream_ok and auth is None
     body = {
         "status": "ready" if ready else "not ready",
         "backend": "ok" if state.backend.healthy else "unreachable",
+        "auth": auth or "ok",
         "pump": "running" if state.pump_alive else f"crashed: {state.pump_error}",
         "stream": "moving" if stream_ok else f"watermark still for {stall:.0f}s (limit {limit:g}s)",
         "watermark": state.hub.watermark,
@@ -250,6 +252,7 @@ def create_app(settings: GatewaySettings | None = None, backend: Backend | None 
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         app.state.fw = state
         await state.backend.start()
+        await state.verifier.start()  # JWKS keys fetched in the background, never on the loop
         task = asyncio.create_task(pump(state), name="pump")
         log.info("gateway up, backend %s", type(state.backend).__name__)
         try:
@@ -259,6 +262,7 @@ def create_app(settings: GatewaySettings | None = None, backend: Backend | None 
             with contextlib.suppress(asyncio.CancelledError):
                 await task
             await state.backend.stop()
+            await state.verifier.aclose()
 
     app = GatewayApp(
         routes=[

@@ -3,6 +3,7 @@ loaded once into a frozen object; a malformed value fails at start with its name
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, fields, replace
 
@@ -17,6 +18,12 @@ class GatewaySettings:
     jwks_file: str = ""                             # RS256 keys as a JWKS document on disk
     jwks_url: str = ""                              # RS256 keys from a JWKS endpoint
     jwt_keys_claim: str = "fw_keys"                 # claim listing the key patterns a token may subscribe to
+    jwt_audience: str = ""                          # when set, a token's `aud` must contain it (unset: not checked)
+    jwt_issuer: str = ""                            # when set, a token's `iss` must equal it
+    jwks_timeout_s: float = 2.0                     # longest JWKS_URL fetch (in the background, never on the loop)
+    jwks_refresh_s: float = 300.0                   # refetch a good JWKS_URL key set this often
+    jwks_retry_s: float = 10.0                      # a failed fetch is cached this long (last good keys kept)
+    jwks_unknown_kid_s: float = 10.0                # at most one refetch per this interval for unknown `kid`s
     max_connections: int = 20000                    # per process; beyond: close 4013
     max_subscriptions: int = 1000                   # keys per connection; beyond: too_many_keys
     max_frame_bytes: int = 65536                    # inbound frame limit; beyond: close 1009
@@ -32,6 +39,8 @@ class GatewaySettings:
     per_message_deflate: bool = False
     dev_mode: bool = False                          # accept the published development secret (make up sets it)
 
+
+JWKS_TIMING = ("jwks_timeout_s", "jwks_refresh_s", "jwks_retry_s", "jwks_unknown_kid_s")
 
 # The secret the README, the demo and `make up` use. Anyone can mint tokens for "*" with it, so a
 # gateway refuses it unless started in development mode.
@@ -65,6 +74,9 @@ def load_gateway_settings(overrides: dict[str, str] | None = None) -> GatewaySet
     if not (settings.jwt_secret or settings.jwt_public_key_file or settings.jwks_file or settings.jwks_url):
         raise SettingsError("set FRESHWIRE_JWT_SECRET (HS256) or FRESHWIRE_JWT_PUBLIC_KEY_FILE / "
                             "FRESHWIRE_JWKS_FILE / FRESHWIRE_JWKS_URL (RS256)")
+    for name in JWKS_TIMING:
+        if not 0 < getattr(settings, name) < math.inf:  # also refuses nan
+            raise SettingsError(f"FRESHWIRE_{name.upper()} must be a finite number of seconds above 0")
     if settings.jwt_secret == DEV_SECRET and not settings.dev_mode:
         raise SettingsError("FRESHWIRE_JWT_SECRET is the published development secret: anyone can mint tokens "
                             "with it. Set a secret of your own (e.g. `openssl rand -hex 32`), or "

@@ -1,4 +1,5 @@
-"""gateway.auth: token verification (HS256, RS256 from a PEM file or a JWKS file) and key patterns."""
+"""gateway.auth: token verification (HS256, RS256 from a PEM file or a JWKS file; keys from a JWKS URL
+are in test_jwks.py), audience and issuer, and key patterns."""
 
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from gw_support import SECRET
 from jwt.algorithms import RSAAlgorithm
 
-from gateway.auth import MAX_PATTERNS, MAX_TOKEN_BYTES, Grant, Verifier, mint
-from gateway.errors import AuthError
+from gateway.auth import MAX_PATTERNS, MAX_TOKEN_BYTES, WRONG_AUDIENCE, WRONG_ISSUER, Grant, Verifier, mint
+from gateway.errors import AuthError, SettingsError
 from gateway.settings import GatewaySettings
 
 
@@ -192,6 +193,14 @@ def test_verifier_other_algorithms_refused(alg: str) -> None:
         HS.verify(_handmade({"alg": alg, "typ": "JWT"}, _claims(), SECRET.encode()))
 
 
+@pytest.mark.parametrize("alg", ["X" * 300, "é" * 200, "\U0001f600" * 100])
+def test_verifier_refusal_reason_fits_a_close_frame(alg: str) -> None:
+    """A WebSocket close reason is at most 123 bytes: a longer one would turn 4001 into an abnormal close."""
+    with pytest.raises(AuthError, match="not accepted") as info:
+        HS.verify(_handmade({"alg": alg}, _claims(), SECRET.encode()))
+    assert len(info.value.reason.encode()) <= 123
+
+
 def test_verifier_rs256_token_refused_without_rs_keys() -> None:
     with pytest.raises(AuthError, match="not accepted"):
         HS.verify(_rs())
@@ -236,6 +245,84 @@ def test_verifier_both_hs_and_rs(pem_file: str) -> None:
     tok = _handmade({"alg": "HS256", "typ": "JWT"}, _claims(), _pem(RSA_KEY).encode())
     with pytest.raises(AuthError, match="bad signature"):
         verifier.verify(tok)
+
+
+def test_verifier_private_pem_file_serves_with_its_public_half(tmp_path: Path) -> None:
+    path = tmp_path / "private.pem"
+    path.write_bytes(RSA_KEY.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    assert Verifier(GatewaySettings(jwt_public_key_file=str(path))).verify(_rs()).subject == "alice"
+
+
+@pytest.mark.parametrize(("setting", "content"), [
+    ("jwt_public_key_file", "not a key"),
+    ("jwks_file", "{not json"),
+    ("jwks_file", json.dumps({"keys": []})),
+    ("jwks_file", json.dumps({"keys": [{"kty": "oct", "k": "c2VjcmV0"}]})),
+])
+def test_verifier_unusable_key_file_fails_at_start_with_its_name(tmp_path: Path, setting: str, content: str) -> None:
+    path = tmp_path / "keys"
+    path.write_text(content)
+    with pytest.raises(SettingsError, match=f"FRESHWIRE_{setting.upper()}"):
+        Verifier(GatewaySettings(**{setting: str(path)}))
+
+
+# -- audience and issuer
+
+
+def test_verifier_aud_not_checked_without_audience_setting() -> None:
+    """Almost every identity provider adds `aud`: without jwt_audience it is accepted, whatever it is."""
+    for aud in ("freshwire", ["a", "b"], "", 7):
+        assert HS.verify(_hs(aud=aud)).subject == "alice"
+
+
+AUD = Verifier(GatewaySettings(jwt_secret=SECRET, jwt_audience="freshwire"))
+
+
+@pytest.mark.parametrize("aud", ["freshwire", ["account", "freshwire"], ["freshwire"]])
+def test_verifier_audience_contained_is_served(aud: Any) -> None:
+    assert AUD.verify(_hs(aud=aud)).subject == "alice"
+
+
+@pytest.mark.parametrize("aud", [None, "", [], "account", ["account"], "Freshwire", "freshwire ", ["freshwire", 1],
+                                 7, {"freshwire": True}])
+def test_verifier_audience_missing_or_other_refused(aud: Any) -> None:
+    with pytest.raises(AuthError) as info:
+        AUD.verify(_hs(aud=aud))
+    assert info.value.reason == WRONG_AUDIENCE
+
+
+def test_verifier_audience_checked_after_the_signature() -> None:
+    """A forged token for another audience learns nothing: it is refused for its signature."""
+    with pytest.raises(AuthError, match="bad signature"):
+        AUD.verify(_hs("another-secret-that-is-also-32-bytes-long", aud="account"))
+
+
+ISS = Verifier(GatewaySettings(jwt_secret=SECRET, jwt_issuer="https://idp.example/"))
+
+
+def test_verifier_issuer_equal_is_served() -> None:
+    assert ISS.verify(_hs(iss="https://idp.example/")).subject == "alice"
+    assert HS.verify(_hs(iss="https://anyone.example/")).subject == "alice"  # not checked when unset
+
+
+@pytest.mark.parametrize("iss", [None, "", "https://idp.example", "https://evil.example/", ["https://idp.example/"], 1])
+def test_verifier_issuer_missing_or_other_refused(iss: Any) -> None:
+    tok = _handmade({"alg": "HS256", "typ": "JWT"}, _claims(iss=iss), SECRET.encode())  # PyJWT encodes str only
+    with pytest.raises(AuthError) as info:
+        ISS.verify(tok)
+    assert info.value.reason == WRONG_ISSUER
+
+
+def test_verifier_rs256_audience_and_issuer(pem_file: str) -> None:
+    verifier = Verifier(GatewaySettings(jwt_public_key_file=pem_file, jwt_audience="fw", jwt_issuer="idp"))
+    assert verifier.verify(_rs(aud=["fw", "other"], iss="idp")).subject == "alice"
+    with pytest.raises(AuthError, match=WRONG_AUDIENCE):
+        verifier.verify(_rs(aud="other", iss="idp"))
+    with pytest.raises(AuthError, match=WRONG_ISSUER):
+        verifier.verify(_rs(aud="fw", iss="other"))
+    with pytest.raises(AuthError, match="expired"):
+        verifier.verify(_rs(aud="fw", iss="idp", exp=int(time.time()) - 5))
 
 
 # -- patterns

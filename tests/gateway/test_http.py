@@ -99,7 +99,7 @@ def test_readyz_200_when_ready(gw: Gateway) -> None:
     assert r.status_code == 200
     body = r.json()
     assert body.pop("watermark_age_s") < 5
-    assert body == {"status": "ready", "backend": "ok", "pump": "running", "stream": "moving",
+    assert body == {"status": "ready", "backend": "ok", "auth": "ok", "pump": "running", "stream": "moving",
                     "watermark": ver(9), "connections": 0}
 
 

@@ -1,5 +1,7 @@
 """Refused tokens: every way a token can be wrong closes the WebSocket with 4001 and answers HTTP 401 on
-/v1/versions and /v1/wait (Bearer); a valid token for another tenant is served but never covers its keys."""
+/v1/versions and /v1/wait (Bearer), with keys from a secret, a PEM file or a JWKS endpoint (served here
+over real HTTP), with and without a required audience and issuer; a valid token for another tenant is
+served but never covers its keys."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -22,8 +24,10 @@ from hypothesis import strategies as st
 from jwt.algorithms import RSAAlgorithm
 from sec_support import SECRET, SUBPROTOCOL, Gateway, recv, token
 from starlette.websockets import WebSocketDisconnect
+from test_jwks import JwksServer, jwk, jwks
 
 from gateway import errors as E
+from gateway.auth import UNKNOWN_KEY, WRONG_AUDIENCE, WRONG_ISSUER
 
 N_GARBAGE = 120  # per transport family below: 3 x 40
 
@@ -98,7 +102,6 @@ REFUSED_HS: dict[str, str] = {
     "iat-future": hs(iat=NOW + 600),
     "iat-infinity": handmade(HS256, json.dumps(_claims(iat=1)).replace('"iat": 1', '"iat": 1e999'),
                              SECRET.encode()),
-    "aud-present": hs(aud="freshwire"),
     "no-keys-claim": hs(fw_keys=None),
     "keys-claim-other-name": hs(fw_keys=None, keys=["*"]),
     "keys-claim-string": hs(fw_keys="*"),
@@ -135,6 +138,51 @@ REFUSED_RS: dict[str, str] = {
 }
 
 
+AUDIENCE = "freshwire"
+ISSUER = "https://idp.example/"
+GOOD_AUD_ISS = {"aud": AUDIENCE, "iss": ISSUER}
+
+# Refused by a gateway that requires jwt_audience and jwt_issuer (HS256), each for its documented reason.
+REFUSED_AUD_ISS: dict[str, tuple[str, str]] = {
+    "aud-missing": (hs(iss=ISSUER), WRONG_AUDIENCE),
+    "aud-other": (hs(aud="account", iss=ISSUER), WRONG_AUDIENCE),
+    "aud-empty": (hs(aud="", iss=ISSUER), WRONG_AUDIENCE),
+    "aud-list-without": (hs(aud=["account", "api"], iss=ISSUER), WRONG_AUDIENCE),
+    "aud-prefix": (hs(aud="freshwire-staging", iss=ISSUER), WRONG_AUDIENCE),
+    "aud-case": (hs(aud="Freshwire", iss=ISSUER), WRONG_AUDIENCE),
+    "aud-list-non-string": (hs(aud=["freshwire", 1], iss=ISSUER), WRONG_AUDIENCE),
+    "aud-object": (hs(aud={"freshwire": True}, iss=ISSUER), WRONG_AUDIENCE),
+    "iss-missing": (hs(aud=AUDIENCE), WRONG_ISSUER),
+    "iss-other": (hs(aud=AUDIENCE, iss="https://evil.example/"), WRONG_ISSUER),
+    "iss-no-trailing-slash": (hs(aud=AUDIENCE, iss=ISSUER.rstrip("/")), WRONG_ISSUER),
+    "iss-list": (handmade(HS256, _claims(aud=AUDIENCE, iss=[ISSUER]), SECRET.encode()), WRONG_ISSUER),
+    "good-claims-wrong-secret": (hs(WRONG_SECRET, aud=AUDIENCE, iss=ISSUER), "bad signature or claims"),
+    "good-claims-expired": (hs(aud=AUDIENCE, iss=ISSUER, exp=NOW - 60), "token expired"),
+    "good-claims-alg-none": (handmade({"alg": "none"}, _claims(aud=AUDIENCE, iss=ISSUER)),
+                             "algorithm 'none' not accepted"),
+}
+
+# Refused by a gateway with keys from a JWKS endpoint (published: RSA_KEY as kid "k1"), which also
+# requires the audience and issuer: every token below carries the right ones unless the case is about them.
+REFUSED_JWKS: dict[str, tuple[str, str]] = {
+    "unknown-kid": (rs(headers={"kid": "k9"}, **GOOD_AUD_ISS), UNKNOWN_KEY),
+    "unknown-kid-other-key": (rs(OTHER_RSA_KEY, headers={"kid": "k9"}, **GOOD_AUD_ISS), UNKNOWN_KEY),
+    "known-kid-other-key": (rs(OTHER_RSA_KEY, headers={"kid": "k1"}, **GOOD_AUD_ISS), "bad signature or claims"),
+    "no-kid-other-key": (rs(OTHER_RSA_KEY, **GOOD_AUD_ISS), "bad signature or claims"),
+    "kid-traversal": (rs(OTHER_RSA_KEY, headers={"kid": "../../../../dev/null"}, **GOOD_AUD_ISS), UNKNOWN_KEY),
+    "kid-url": (rs(headers={"kid": "http://127.0.0.1:1/jwks.json"}, **GOOD_AUD_ISS), UNKNOWN_KEY),
+    "kid-not-a-string": (handmade({"alg": "RS256", "kid": 1}, _claims(**GOOD_AUD_ISS)), "malformed token"),
+    "embedded-jwk": (rs(OTHER_RSA_KEY, headers={"kid": "k1", "jwk": json.loads(
+        RSAAlgorithm.to_jwk(OTHER_RSA_KEY.public_key()))}, **GOOD_AUD_ISS), "bad signature or claims"),
+    "hs256-signed-with-public-pem": (handmade({**HS256, "kid": "k1"}, _claims(**GOOD_AUD_ISS), PEM.encode()),
+                                     "algorithm 'HS256' not accepted"),
+    "rs256-expired": (rs(headers={"kid": "k1"}, exp=NOW - 60, **GOOD_AUD_ISS), "token expired"),
+    "rs256-no-audience": (rs(headers={"kid": "k1"}, iss=ISSUER), WRONG_AUDIENCE),
+    "rs256-wrong-audience": (rs(headers={"kid": "k1"}, aud="account", iss=ISSUER), WRONG_AUDIENCE),
+    "rs256-wrong-issuer": (rs(headers={"kid": "k1"}, aud=AUDIENCE, iss="https://evil.example/"), WRONG_ISSUER),
+}
+
+
 @pytest.fixture
 def hs_gw(make_gateway: Callable[..., Gateway]) -> Gateway:
     return make_gateway(await_max_ms=50)
@@ -152,6 +200,27 @@ def both_gw(make_gateway: Callable[..., Gateway], tmp_path: Path) -> Gateway:
     path = tmp_path / "public.pem"
     path.write_text(PEM)
     return make_gateway(jwt_public_key_file=str(path), await_max_ms=50)
+
+
+@pytest.fixture
+def aud_gw(make_gateway: Callable[..., Gateway]) -> Gateway:
+    return make_gateway(jwt_audience=AUDIENCE, jwt_issuer=ISSUER, await_max_ms=50)
+
+
+@pytest.fixture
+def jwks_gw(make_gateway: Callable[..., Gateway]) -> Iterator[Gateway]:
+    """RS256 keys from a JWKS endpoint only, audience and issuer required; the refresher started and
+    stopped as the lifespan does."""
+    with JwksServer(jwks(jwk(RSA_KEY, "k1", use="sig", alg="RS256"))) as idp:
+        gw = make_gateway(jwt_secret="", jwks_url=idp.url, jwt_audience=AUDIENCE, jwt_issuer=ISSUER,
+                          jwks_unknown_kid_s=60, await_max_ms=50)
+        assert gw.client.portal is not None
+        gw.client.portal.call(gw.state.verifier.start)
+        try:
+            yield gw
+        finally:
+            gw.state.verifier.close()
+        assert idp.hits <= 2  # the first fetch, then at most one for all the unknown kids
 
 
 TRANSPORTS = ["ws-query", "ws-bearer", "versions-query", "versions-bearer", "wait-bearer"]
@@ -201,6 +270,39 @@ def test_tokens_refused_by_rs256_gateway(rs_gw: Gateway, case: str, transport: s
     assert outcome(rs_gw, transport, REFUSED_RS[case]) == refused(transport)
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("case", sorted(REFUSED_AUD_ISS))
+def test_tokens_refused_by_gateway_requiring_audience_and_issuer(aud_gw: Gateway, case: str,
+                                                                 transport: str) -> None:
+    assert outcome(aud_gw, transport, REFUSED_AUD_ISS[case][0]) == refused(transport)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("case", sorted(REFUSED_JWKS))
+def test_tokens_refused_by_jwks_url_gateway(jwks_gw: Gateway, case: str, transport: str) -> None:
+    assert outcome(jwks_gw, transport, REFUSED_JWKS[case][0]) == refused(transport)
+
+
+def assert_refused_for(gw: Gateway, tok: str, reason: str) -> None:
+    """The close reason (with 4001) and the HTTP 401 message are the documented reason."""
+    with pytest.raises(WebSocketDisconnect) as info, gw.client.websocket_connect(
+            f"/ws?token={quote(tok, safe='')}", subprotocols=[SUBPROTOCOL]) as ws:
+        recv(ws)
+    assert (info.value.code, info.value.reason) == (E.CLOSE_AUTH, reason)
+    r = gw.client.get("/v1/versions", params={"keys": "tenant:1:a"}, headers={"Authorization": f"Bearer {tok}"})
+    assert (r.status_code, r.json()["error"]) == (401, {"code": "auth_failed", "message": reason})
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED_AUD_ISS))
+def test_tokens_audience_and_issuer_refusal_reasons(aud_gw: Gateway, case: str) -> None:
+    assert_refused_for(aud_gw, *REFUSED_AUD_ISS[case])
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED_JWKS))
+def test_tokens_jwks_url_refusal_reasons(jwks_gw: Gateway, case: str) -> None:
+    assert_refused_for(jwks_gw, *REFUSED_JWKS[case])
+
+
 @pytest.mark.parametrize("case", ["hs256-signed-with-public-pem", "hs256-signed-with-stripped-pem",
                                   "rs256-other-key"])
 def test_tokens_algorithm_confusion_refused_with_both_keys_configured(both_gw: Gateway, case: str) -> None:
@@ -237,6 +339,18 @@ def test_tokens_controls_are_served(hs_gw: Gateway, rs_gw: Gateway, transport: s
     assert outcome(hs_gw, transport, hs()) in served
     assert outcome(hs_gw, transport, hs(exp=NOW + 600, iat=NOW + 3)) in served   # iat within the skew
     assert outcome(rs_gw, transport, rs()) in served
+    assert outcome(hs_gw, transport, hs(aud=["account", "api"])) in served  # aud not checked when unset
+    assert outcome(hs_gw, transport, hs(aud="freshwire", iss="https://anyone.example/")) in served
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_tokens_controls_with_audience_issuer_and_jwks_are_served(aud_gw: Gateway, jwks_gw: Gateway,
+                                                                  transport: str) -> None:
+    served = {1000, 200, 408}
+    assert outcome(aud_gw, transport, hs(**GOOD_AUD_ISS)) in served
+    assert outcome(aud_gw, transport, hs(aud=["account", AUDIENCE], iss=ISSUER)) in served
+    assert outcome(jwks_gw, transport, rs(headers={"kid": "k1"}, **GOOD_AUD_ISS)) in served
+    assert outcome(jwks_gw, transport, rs(aud=[AUDIENCE, "account"], iss=ISSUER)) in served  # no kid
 
 
 def test_tokens_other_tenant_token_is_forbidden_not_served(hs_gw: Gateway) -> None:
