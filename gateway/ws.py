@@ -183,6 +183,10 @@ class Connection:
                 await self._handle(request)
             except ProtocolError as exc:
                 self._error(exc)
+            if len(self.session.controls) >= self.session.control_limit // 2:
+                # Frames already buffered are read without the loop ever switching tasks: let the writer
+                # send the replies, so a client that reads continuously is never closed as "unread".
+                await asyncio.sleep(0)
 
     async def _handle(self, request: protocol.Request) -> None:
         if isinstance(request, protocol.Subscribe):

@@ -9,7 +9,7 @@ import json
 import logging
 
 import pytest
-from gw_support import Gateway, recv, ver
+from gw_support import Gateway, recv, token, ver
 from starlette.websockets import WebSocketDisconnect
 
 from gateway import errors as E
@@ -152,3 +152,23 @@ def test_metrics_staleness_buckets_are_cumulative() -> None:
 
     cumulative, total = staleness_buckets([0.0, 0.003, 7.0, 99.0], bounds=(0.002, 0.005, 10.0))
     assert cumulative == [1, 2, 3, 4] and total == pytest.approx(106.003)
+
+
+
+async def test_connection_reader_yields_so_buffered_requests_are_answered() -> None:
+    """A client that sends 90 requests at once (within the rate burst) and reads continuously is never
+    closed for "replies unread": the reader lets the writer send between buffered frames. Needs a real
+    uvicorn server: TestClient's transport switches tasks on every receive and hides the bug."""
+    import websockets
+    from test_client_resume import serve
+
+    from gateway.backend_memory import MemoryBackend
+
+    async with serve(MemoryBackend()) as (url, _state), \
+            websockets.connect(f"{url}?token={token()}", subprotocols=["freshwire.v1"]) as ws:  # type: ignore[list-item]
+        await ws.send(json.dumps({"op": "ping", "id": 0}))
+        assert json.loads(await ws.recv())["id"] == 0
+        for rid in range(1, 91):
+            await ws.send(json.dumps({"op": "ping", "id": rid}))
+        replies = [json.loads(await asyncio.wait_for(ws.recv(), 5)) for _ in range(90)]
+    assert [r.get("id") for r in replies] == list(range(1, 91))
