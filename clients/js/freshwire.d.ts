@@ -35,7 +35,8 @@ export interface ConnectOptions {
   getToken?: () => Promise<string> | string;
   /** WebSocket implementation; defaults to `globalThis.WebSocket` (Node 20 needs `--experimental-websocket`). */
   WebSocket?: WebSocketConstructor;
-  /** Backoff base in ms (default 100): delay = random() * min(maxBackoffMs, minBackoffMs * 2^attempt). */
+  /** Backoff base in ms (default 100): delay = random() * min(maxBackoffMs, minBackoffMs * 2^attempt),
+   *  `attempt` reset after a connection stayed up 30 s or the gateway restarted (1001/1012). */
   minBackoffMs?: number;
   /** Backoff cap in ms (default 10000). */
   maxBackoffMs?: number;
@@ -48,6 +49,24 @@ export interface ConnectOptions {
   openTimeoutMs?: number;
   /** Random source in [0, 1) for the jitter (default Math.random; for tests). */
   random?: () => number;
+  /** Frames sent per second at most (default 40: under the gateway's max_messages_per_s, 50). */
+  framesPerSecond?: number;
+  /** Frames sent at once at most (default 40: under the gateway's burst, 100). */
+  frameBurst?: number;
+  /** Keys per connection and per frame (default 1000, the gateway's max_subscriptions); keys past it
+   *  are refused with `too_many_keys`. */
+  maxSubscriptions?: number;
+  /** A subscribe/unsubscribe frame unanswered this long (ms, default 10000) is sent again. */
+  replyTimeoutMs?: number;
+}
+
+/** What subscribe() returns: call it to unsubscribe. */
+export interface Unsubscribe {
+  (): void;
+  /** Resolves once every key is live on the gateway (waiting across reconnects); rejects with a
+   *  FreshwireError: `forbidden`, `too_many_keys`, `invalid_key`, … (`keys`: the refused keys, which
+   *  are dropped; the call's other keys stay subscribed), or `closed`. Awaiting it is optional. */
+  readonly ready: Promise<void>;
 }
 
 export interface AwaitOptions {
@@ -63,11 +82,67 @@ export interface Visible {
 export declare const SUBPROTOCOL: "freshwire.v1";
 
 export declare class FreshwireError extends Error {
-  /** The gateway's error code (`timeout`, `bad_token`, `too_many_awaits`, …) or `disconnected` / `closed`. */
+  /** The gateway's error code (`timeout`, `bad_token`, `too_many_awaits`, `forbidden`, …) or `disconnected` / `closed`. */
   readonly code: string;
   /** The error frame, when the gateway sent one. */
   readonly frame?: ErrorFrame;
-  constructor(code: string, message: string, frame?: ErrorFrame);
+  /** For a refused subscribe: the keys refused (no longer subscribed). */
+  readonly keys?: string[];
+  constructor(code: string, message: string, frame?: ErrorFrame, keys?: string[]);
+}
+
+/** The reconnect delay before attempt `attempt` (0, 1, …): random() * min(maxMs, minMs * 2^attempt). */
+export declare function backoffDelay(attempt: number, minMs: number, maxMs: number, random?: () => number): number;
+/** The attempt count after a connection open `uptimeMs` closed with `code`: 0 after 30 s up or a
+ *  1001/1012 close, else unchanged (docs/protocol.md, "Client reconnect policy"). */
+export declare function attemptAfterClose(attempt: number, uptimeMs: number, code: number): number;
+
+export interface OutboxOptions {
+  rate?: number;
+  burst?: number;
+  maxKeys?: number;
+  keysPerFrame?: number;
+  frameBytes?: number;
+  replyTimeoutMs?: number;
+  minBackoffMs?: number;
+  maxBackoffMs?: number;
+  random?: () => number;
+  /** The clock's reading at creation, in ms. */
+  now?: number;
+}
+
+export interface Refusal {
+  code: string;
+  message: string;
+  keys: string[];
+  /** The gateway's error frame; undefined when the client refused the keys itself (past maxKeys). */
+  frame?: ErrorFrame;
+}
+
+export type OutboxStep<T> =
+  | { op: "subscribe" | "unsubscribe"; id: number; keys: string[] }
+  | { op: "other"; item: T }
+  | { waitMs: number };
+
+export type OutboxEvent<K> =
+  | { type: "settled"; ticket: K; error: Refusal | { code: string; message: string; keys: string[] } | null }
+  | ({ type: "refused" } & Refusal);
+
+/** The client's sans-I/O scheduler of subscribe/unsubscribe frames (batching per tick, pacing,
+ *  re-sending dropped frames, settling tickets). Time (`now`, ms) is passed in. */
+export declare class Outbox<K = unknown, T = unknown> {
+  constructor(options?: OutboxOptions);
+  want(keys: string[], ticket?: K): void;
+  unwant(keys: string[], ticket?: K): void;
+  enqueue(item: T): void;
+  cancel(item: T): void;
+  spend(now: number): boolean;
+  reset(now: number): void;
+  next(now: number, id: number, othersOnly?: boolean): OutboxStep<T> | null;
+  onRateLimited(now: number): void;
+  onReply(msg: { id: number; type: string; [field: string]: unknown }, now: number): boolean;
+  failAll(code: string, message: string): T[];
+  take(): OutboxEvent<K>[];
 }
 
 export interface FreshwireEvents {
@@ -83,8 +158,9 @@ export declare class Freshwire {
   readonly versions: Map<string, Version | null>;
   readonly state: State;
   /** Subscribe keys; `onInvalidate` gets the changes of these keys only. Returns the unsubscribe
-   *  function. Throws TypeError for a key outside the protocol's alphabet. */
-  subscribe(keys: string | Iterable<string>, onInvalidate: (changes: Changes) => void): () => void;
+   *  function, with `ready`. Calls made in one tick share frames. Throws TypeError for a key outside
+   *  the protocol's alphabet. */
+  subscribe(keys: string | Iterable<string>, onInvalidate: (changes: Changes) => void): Unsubscribe;
   /** Read-your-writes: resolves once the write token's transaction is released. */
   await(writeToken: string, options?: AwaitOptions): Promise<Visible>;
   on<E extends keyof FreshwireEvents>(event: E, fn: (arg: FreshwireEvents[E]) => void): () => void;

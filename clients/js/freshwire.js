@@ -1,32 +1,340 @@
 // Freshwire JS client: protocol freshwire.v1 (docs/protocol.md) for browsers and Node >= 20.
 // One dependency-free ES module. Reconnects with exponential backoff and full jitter, resumes
-// exactly (`since` = newest version seen per key), shares one server subscription per key.
+// exactly (`since` = newest version seen per key), shares one server subscription per key, and
+// gathers the subscribe()/unsubscribe calls of one tick into one frame, paced under the gateway's
+// rate limit (a frame the gateway drops is sent again).
 //
 //   import { connect } from "./freshwire.js";
 //   const fw = connect("wss://gw.example/ws", { getToken: async () => (await fetch("/token")).text() });
 //   const off = fw.subscribe(["card:1"], (changes) => refetch(changes));   // {"card:1": "00000000019d0138"}
+//   await off.ready;                                                       // live on the gateway (optional)
 //   const { version } = await fw.await(writeToken);                        // read-your-writes
 
 export const SUBPROTOCOL = "freshwire.v1";
 
 const KEY_RE = /^[A-Za-z0-9_.:@/+=-]{1,256}$/;
 const CLOSE_AUTH = 4001;
-// Closes by which the gateway refuses or sheds a connection right after accepting it: they do not
-// count as a successful open, so the backoff keeps growing instead of hammering the gateway.
-const REFUSALS = new Set([4001, 4008, 4013]);
-const FRAME_BUDGET = 60000;      // bytes per subscribe frame (the gateway's limit is 65536)
-const KEYS_PER_FRAME = 1000;     // max_subscriptions
 const AWAIT_GRACE_MS = 5000;     // client-side guard on top of an await's timeout_ms
 const OPEN = 1;                  // WebSocket.OPEN
 
+// Reconnect policy (docs/protocol.md, "Client reconnect policy"; gateway/client.py follows the same).
+const STABLE_MS = 30000;                // a connection open this long resets the back-off
+const RESTART_CLOSES = new Set([1001, 1012]);   // the gateway is going away: reconnect at once (jittered)
+
+// Outbound limits, under the gateway's defaults (docs/protocol.md, "Limits").
+const FRAMES_PER_S = 40;         // frames per second we send: 80% of max_messages_per_s (50)
+const FRAME_BURST = 40;          // bursts: the gateway allows 100, and queues at most 64 replies
+const MAX_SUBSCRIPTIONS = 1000;  // max_subscriptions: keys per connection, and per request
+const FRAME_BUDGET = 60000;      // bytes per subscribe frame (the gateway's limit is 65536)
+const REPLY_TIMEOUT_MS = 10000;  // a subscribe/unsubscribe unanswered this long is taken as lost
+const RATE_BACKOFF_MS = 250;     // pause after a `rate_limited`, doubled per one in a row
+const LIMBO = 64;                // frames taken as lost whose late replies are still applied
+
 /** An error reply of the gateway (`code` from the protocol's error table) or a client-side failure
- *  (`disconnected`, `closed`, `timeout`). */
+ *  (`disconnected`, `closed`, `timeout`; `too_many_keys` also when the client refuses keys past
+ *  `maxSubscriptions` itself). `keys`: the keys a refused subscribe() lost. */
 export class FreshwireError extends Error {
-  constructor(code, message, frame) {
+  constructor(code, message, frame, keys) {
     super(`${code}: ${message}`);
     this.name = "FreshwireError";
     this.code = code;
     if (frame !== undefined) this.frame = frame;
+    if (keys !== undefined) this.keys = keys;
+  }
+}
+
+/** The reconnect delay before attempt `attempt` (0, 1, …): full jitter, random() * min(max, min * 2^attempt). */
+export function backoffDelay(attempt, minMs, maxMs, random = Math.random) {
+  return random() * Math.min(maxMs, minMs * 2 ** attempt);
+}
+
+/** The attempt count after a connection that was open `uptimeMs` closed with `code`: back to 0 when it
+ *  stayed up (STABLE_MS) or the gateway is restarting (1001/1012), else unchanged, so that refusals
+ *  right after opening (4001, 4008, 4013, a crash) keep the back-off growing. */
+export function attemptAfterClose(attempt, uptimeMs, code) {
+  return uptimeMs >= STABLE_MS || RESTART_CLOSES.has(code) ? 0 : attempt;
+}
+
+/** Cost of a key in a subscribe frame, in bytes: once in `keys`, once in `since` with a version. */
+const keyCost = (key) => 2 * key.length + 30;
+
+/**
+ * What the client still has to tell the gateway about its keys, and when. Sans I/O: no socket, no
+ * clock (`now` in ms is passed in), no timer; the client moves frames in and out.
+ *
+ * - want()/unwant() calls made before the next frame is built merge: one frame for all of them, and a
+ *   key wanted then unwanted meanwhile costs nothing. Frames hold at most `keysPerFrame` keys and
+ *   about `frameBytes` bytes; unsubscribes go first (they make room).
+ * - One subscribe/unsubscribe frame is in flight at a time. Every frame, `other` requests (awaits)
+ *   included, spends a token of a bucket of `burst` tokens refilled at `rate` per second.
+ * - A frame in flight when a `rate_limited` error arrives (it carries no id), or unanswered after
+ *   `replyTimeoutMs`, is taken as dropped: what is still needed goes out again, after a back-off.
+ *   Its reply, if it comes after all, is still applied (replies come in request order).
+ * - `unavailable` is retried with back-off. Other refusals (`forbidden`, `too_many_keys`,
+ *   `invalid_key`, …) end the keys: no longer wanted, reported in a "refused" event. Keys past
+ *   `maxKeys` on the connection are refused as `too_many_keys` once the connection is full.
+ * - A ticket given to want() settles once each of its keys is live on the gateway, refused, or no
+ *   longer wanted ("settled" event, with the refusal if any); reset() (a new connection) keeps them.
+ */
+export class Outbox {
+  constructor({
+    rate = FRAMES_PER_S, burst = FRAME_BURST, maxKeys = MAX_SUBSCRIPTIONS, keysPerFrame = MAX_SUBSCRIPTIONS,
+    frameBytes = FRAME_BUDGET, replyTimeoutMs = REPLY_TIMEOUT_MS, minBackoffMs = 100, maxBackoffMs = 10000,
+    random = Math.random, now = 0,
+  } = {}) {
+    Object.assign(this, { rate, burst, maxKeys, keysPerFrame, frameBytes, replyTimeoutMs, minBackoffMs, maxBackoffMs, random });
+    this.wanted = new Set();     // keys the client wants subscribed, in the order asked
+    this.live = new Set();       // keys the gateway confirmed on this connection
+    this.inflight = null;        // {op, id, keys, set, sentAt, refused: Set, refusal}
+    this.limbo = new Map();      // id -> frame taken as lost
+    this.others = [];            // other requests, first in first out
+    this.waiting = new Map();    // key -> Set<ticket record>
+    this.events = [];
+    this.tokens = burst;
+    this.stamp = now;
+    this.notBefore = 0;          // every frame waits until then (rate_limited)
+    this.retryAt = 0;            // subscribes wait until then (unavailable)
+    this.strikes = 0;            // rate_limited in a row
+    this.tries = 0;              // unavailable in a row
+  }
+
+  /** Subscribe `keys`; `ticket` (optional) settles when they are all live or refused. */
+  want(keys, ticket) {
+    for (const key of keys) this.wanted.add(key);
+    this._track("subscribe", keys, ticket);
+    for (const key of keys) this._recheck(key);
+  }
+
+  /** Unsubscribe `keys`; `ticket` (optional) settles when none of them is live any more. */
+  unwant(keys, ticket) {
+    for (const key of keys) this.wanted.delete(key);
+    this._track("unsubscribe", keys, ticket);
+    for (const key of keys) this._recheck(key);
+  }
+
+  /** Queue another request (an await): sent first in first out, paced with the rest. */
+  enqueue(item) { this.others.push(item); }
+
+  cancel(item) {
+    const i = this.others.indexOf(item);
+    if (i >= 0) this.others.splice(i, 1);
+  }
+
+  /** Take a token now for a request sent outside the queue (a ping); false: not now. */
+  spend(now) {
+    this._refill(now);
+    if (now < this.notBefore || this.tokens < 1) return false;
+    this.tokens -= 1;
+    return true;
+  }
+
+  /** A new connection: nothing is live, nothing in flight, a full bucket. Wanted keys go out again. */
+  reset(now) {
+    this.live.clear();
+    this.inflight = null;
+    this.limbo.clear();
+    this.tokens = this.burst;
+    this.stamp = now;
+    this.notBefore = this.retryAt = this.strikes = this.tries = 0;
+    for (const key of [...this.waiting.keys()]) this._recheck(key);
+  }
+
+  /** What to send now, as request `id`: {op: "subscribe"|"unsubscribe", id, keys}, {op: "other", item}
+   *  (the item's own id), {waitMs} (call again then, or when something changes), or null (idle). */
+  next(now, id, othersOnly = false) {
+    this._refill(now);
+    if (this.inflight && now >= this.inflight.sentAt + this.replyTimeoutMs) this._lose(this.inflight);
+    let frame = !othersOnly && !this.inflight ? this._plan() : null;
+    const wakes = [];
+    if (this.inflight) wakes.push(this.inflight.sentAt + this.replyTimeoutMs);
+    if (frame && now < this.retryAt) {
+      wakes.push(this.retryAt);
+      frame = null;
+    }
+    if (frame || this.others.length) {
+      const at = Math.max(this.notBefore, this.tokens >= 1 ? now : now + Math.ceil(((1 - this.tokens) * 1000) / this.rate));
+      if (at <= now) {
+        this.tokens -= 1;
+        if (!frame) return { op: "other", item: this.others.shift() };
+        this.inflight = { ...frame, id, set: new Set(frame.keys), sentAt: now, refused: new Set(), refusal: null };
+        return { op: frame.op, id, keys: frame.keys };
+      }
+      wakes.push(at);
+    }
+    return wakes.length ? { waitMs: Math.max(0, Math.min(...wakes) - now) } : null;
+  }
+
+  /** A `rate_limited` error: the frame in flight (if any) was dropped; pause, with back-off. */
+  onRateLimited(now) {
+    this.strikes += 1;
+    this.tokens = 0;
+    this.stamp = now;
+    const cap = Math.min(this.maxBackoffMs, RATE_BACKOFF_MS * 2 ** (this.strikes - 1));
+    this.notBefore = now + cap * (0.5 + 0.5 * this.random());
+    if (this.inflight) this._lose(this.inflight);
+  }
+
+  /** A message with an id. Returns false when it does not answer a subscribe/unsubscribe of ours. */
+  onReply(msg, now) {
+    const frame = this.inflight?.id === msg.id ? this.inflight : this.limbo.get(msg.id);
+    if (!frame) return false;
+    const current = frame === this.inflight;
+    const message = String(msg.message ?? "");
+    if (frame.op === "unsubscribe") {
+      // An unsubscribe can only be refused as malformed: nothing to retry, so take the keys as gone.
+      if (msg.type !== "unsubscribed" && msg.type !== "error") return true;
+      for (const key of frame.keys) this.live.delete(key);
+    } else if (msg.type === "subscribed") {
+      const versions = msg.versions && typeof msg.versions === "object" ? msg.versions : {};
+      const missing = [];
+      for (const key of frame.keys) {
+        if (Object.hasOwn(versions, key)) this.live.add(key);
+        else if (!frame.refused.has(key)) missing.push(key);
+      }
+      // Keys left out of `versions` were not subscribed: the `forbidden` error before listed at most 100.
+      if (current) this._refuse(missing, "forbidden", frame.refusal?.message ?? "the gateway did not subscribe these keys", frame.refusal ?? undefined);
+    } else if (msg.type === "error" && msg.code === "forbidden") {
+      const listed = (Array.isArray(msg.keys) ? msg.keys : []).filter((key) => frame.set.has(key));
+      for (const key of listed) frame.refused.add(key);
+      frame.refusal = msg;
+      if (current) this._refuse(listed, "forbidden", message, msg);
+      if (frame.refused.size < frame.set.size) return true;   // the other keys are subscribed: a reply follows
+    } else if (msg.type === "error" && msg.code === "unavailable") {
+      if (current) {
+        this.tries += 1;
+        this.retryAt = now + this.random() * Math.min(this.maxBackoffMs, this.minBackoffMs * 2 ** this.tries);
+      }
+    } else if (msg.type === "error") {
+      // Refused as a whole (nothing subscribed). invalid_key names up to 5 offenders: only they end.
+      const named = msg.code === "invalid_key" && Array.isArray(msg.keys) ? msg.keys.filter((key) => frame.set.has(key)) : [];
+      if (current) this._refuse(named.length ? named : frame.keys, String(msg.code), message, msg);
+    } else {
+      return true;                                         // some other reply with our id: not the answer
+    }
+    if (current) {
+      this.inflight = null;
+      this.strikes = 0;
+      if (msg.type !== "error" || msg.code !== "unavailable") this.tries = 0;
+    } else {
+      this.limbo.delete(frame.id);
+    }
+    for (const key of frame.keys) this._recheck(key);
+    return true;
+  }
+
+  /** The client is closed: settle every ticket with `code`; returns the other requests never sent. */
+  failAll(code, message) {
+    const records = new Set();
+    for (const set of this.waiting.values()) for (const record of set) records.add(record);
+    this.waiting.clear();
+    for (const record of records) {
+      record.failed.push(...record.pending);
+      record.error ??= { code, message };
+      this._finish(record);
+    }
+    this.wanted.clear();
+    const others = this.others;
+    this.others = [];
+    return others;
+  }
+
+  /** Events since the last call: {type: "settled", ticket, error: null | {code, message, keys, frame}}
+   *  and {type: "refused", keys, code, message, frame} (frame undefined: refused by the client). */
+  take() {
+    const events = this.events;
+    this.events = [];
+    return events;
+  }
+
+  // -- internals
+
+  _refill(now) {
+    this.tokens = Math.min(this.burst, this.tokens + ((now - this.stamp) * this.rate) / 1000);
+    this.stamp = now;
+  }
+
+  _plan() {
+    const gone = [];
+    for (const key of this.live) if (!this.wanted.has(key)) gone.push(key);
+    if (gone.length) return { op: "unsubscribe", keys: this._chunk(gone) };
+    const need = [];
+    for (const key of this.wanted) if (!this.live.has(key)) need.push(key);
+    if (!need.length) return null;
+    const room = this.maxKeys - this.live.size;
+    if (room <= 0) {
+      this._refuse(need, "too_many_keys", `at most ${this.maxKeys} keys per connection`);
+      return null;
+    }
+    return { op: "subscribe", keys: this._chunk(need.slice(0, room)) };
+  }
+
+  _chunk(keys) {
+    const out = [];
+    let size = 64;
+    for (const key of keys) {
+      if (out.length && (out.length >= this.keysPerFrame || size + keyCost(key) > this.frameBytes)) break;
+      out.push(key);
+      size += keyCost(key);
+    }
+    return out;
+  }
+
+  _lose(frame) {
+    this.inflight = null;
+    this.limbo.set(frame.id, frame);
+    if (this.limbo.size > LIMBO) this.limbo.delete(this.limbo.keys().next().value);
+    for (const key of frame.keys) this._recheck(key);
+  }
+
+  _refuse(keys, code, message, frame) {
+    const refused = keys.filter((key) => this.wanted.has(key));
+    if (!refused.length) return;
+    for (const key of refused) {
+      this.wanted.delete(key);
+      for (const record of this.waiting.get(key) ?? []) {
+        if (record.op !== "subscribe") continue;
+        record.failed.push(key);
+        record.error ??= { code, message, frame };
+      }
+    }
+    this.events.push({ type: "refused", keys: refused, code, message, frame });
+    for (const key of refused) this._recheck(key);
+  }
+
+  _done(op, key) {
+    const inflight = this.inflight?.set.has(key) ? this.inflight.op : null;
+    if (op === "subscribe") return !this.wanted.has(key) || (this.live.has(key) && inflight !== "unsubscribe");
+    return this.wanted.has(key) || (!this.live.has(key) && inflight !== "subscribe");
+  }
+
+  _track(op, keys, ticket) {
+    if (ticket === undefined) return;
+    const record = { op, ticket, pending: new Set(), failed: [], error: null };
+    for (const key of keys) {
+      if (this._done(op, key) || record.pending.has(key)) continue;
+      record.pending.add(key);
+      let set = this.waiting.get(key);
+      if (!set) this.waiting.set(key, (set = new Set()));
+      set.add(record);
+    }
+    if (!record.pending.size) this._finish(record);
+  }
+
+  _recheck(key) {
+    const set = this.waiting.get(key);
+    if (!set) return;
+    for (const record of [...set]) {
+      if (!this._done(record.op, key)) continue;
+      set.delete(record);
+      record.pending.delete(key);
+      if (!record.pending.size) this._finish(record);
+    }
+    if (!set.size) this.waiting.delete(key);
+  }
+
+  _finish(record) {
+    const error = record.failed.length ? { ...record.error, keys: record.failed } : null;
+    this.events.push({ type: "settled", ticket: record.ticket, error });
   }
 }
 
@@ -43,11 +351,15 @@ function withToken(url, token) {
   return `${base}${base.includes("?") ? "&" : "?"}token=${encodeURIComponent(token)}`;
 }
 
+const clock = () => globalThis.performance?.now?.() ?? Date.now();
+
 export class Freshwire {
   constructor(url, options = {}) {
     const {
       token, getToken, WebSocket: WS = globalThis.WebSocket, minBackoffMs = 100, maxBackoffMs = 10000,
       onState, pingIntervalMs = 15000, openTimeoutMs = 10000, random = Math.random,
+      framesPerSecond = FRAMES_PER_S, frameBurst = FRAME_BURST, maxSubscriptions = MAX_SUBSCRIPTIONS,
+      replyTimeoutMs = REPLY_TIMEOUT_MS,
     } = options;
     if (typeof WS !== "function") {
       throw new TypeError("freshwire: no global WebSocket here (Node 20 needs --experimental-websocket); pass options.WebSocket");
@@ -66,18 +378,22 @@ export class Freshwire {
     this._state = "connecting";
     this._listeners = new Map();         // event -> Set<fn>
     this._subs = new Map();              // key -> Set<subscriber>; a key is subscribed while its set is non-empty
+    this._outbox = new Outbox({
+      rate: framesPerSecond, burst: frameBurst, maxKeys: maxSubscriptions, keysPerFrame: maxSubscriptions,
+      replyTimeoutMs, minBackoffMs, maxBackoffMs, random, now: clock(),
+    });
     this._ws = null;
     this._open = false;
+    this._openedAt = 0;
     this._attempt = 0;
-    this._attemptBeforeOpen = 0;
     this._nextId = 1;
-    this._pending = new Map();           // id -> request sent on the current socket
-    this._queue = [];                    // awaits made while not open, sent on open
+    this._pending = new Map();           // id -> await or ping sent on the current socket
     this._timer = null;                  // reconnect delay
     this._openTimer = null;
     this._pingTimer = null;
+    this._pumpTimer = null;              // the outbox's next step
+    this._pumpAt = 0;
     this._awaitingPong = false;
-    this._retries = new Set();           // timers re-sending subscribes refused with `unavailable`
     this._offline = () => { if (this._ws) this._drop(this._ws, 1006); };
     this._online = () => { if (this._state === "reconnecting" && this._timer !== null) { this._attempt = 0; this._clearTimer(); this._connect(); } };
     if (typeof globalThis.addEventListener === "function") {
@@ -101,7 +417,10 @@ export class Freshwire {
   off(event, fn) { this._listeners.get(event)?.delete(fn); }
 
   /** Subscribe `keys` (a key or a list); `onInvalidate({key: version})` gets changes of these keys only.
-   *  Returns an unsubscribe function. */
+   *  Returns an unsubscribe function whose `ready` promise resolves once every key is live on the
+   *  gateway (across reconnects if need be), or rejects with a FreshwireError (`forbidden`,
+   *  `too_many_keys`, … with `.keys`: the refused keys, which are dropped; the others stay) or `closed`.
+   *  Calls made in one tick share frames. */
   subscribe(keys, onInvalidate) {
     const list = [...new Set(typeof keys === "string" ? [keys] : Array.from(keys))];
     for (const key of list) {
@@ -109,19 +428,27 @@ export class Freshwire {
     }
     if (typeof onInvalidate !== "function") throw new TypeError("freshwire: onInvalidate must be a function");
     const sub = { keys: new Set(list), fn: onInvalidate, active: true };
-    if (this._state === "closed") return () => {};
-    const fresh = [];
+    const ticket = {};
+    const ready = new Promise((resolve, reject) => { ticket.resolve = resolve; ticket.reject = reject; });
+    ready.catch(() => {});               // refusals are also "error" events: awaiting `ready` is optional
+    const off = () => this._unsubscribe(sub);
+    off.ready = ready;
+    if (this._state === "closed") {
+      sub.active = false;
+      ticket.reject(new FreshwireError("closed", "the client is closed"));
+      return off;
+    }
     for (const key of list) {
       let set = this._subs.get(key);
       if (!set) {
         this._subs.set(key, (set = new Set()));
         if (!this.versions.has(key)) this.versions.set(key, null);
-        fresh.push(key);
       }
       set.add(sub);
     }
-    if (fresh.length && this._open) this._sendSubscribe(fresh);   // else: the resume on open includes them
-    return () => this._unsubscribe(sub);
+    this._outbox.want(list, ticket);
+    this._changed();
+    return off;
   }
 
   _unsubscribe(sub) {
@@ -130,15 +457,16 @@ export class Freshwire {
     const gone = [];
     for (const key of sub.keys) {
       const set = this._subs.get(key);
-      if (!set) continue;
-      set.delete(sub);
+      if (!set || !set.delete(sub)) continue;
       if (set.size === 0) {
         this._subs.delete(key);
         this.versions.delete(key);
         gone.push(key);
       }
     }
-    if (gone.length && this._open) this._request({ op: "unsubscribe", keys: gone }, { kind: "unsubscribe" });
+    if (!gone.length) return;
+    this._outbox.unwant(gone);
+    this._changed();
   }
 
   /** Wait until the transaction of a write token is released. Resolves {version, token}; rejects with
@@ -152,8 +480,8 @@ export class Freshwire {
         this._forget(entry);
         reject(new FreshwireError("timeout", `no answer within ${timeoutMs + AWAIT_GRACE_MS} ms`));
       }, timeoutMs + AWAIT_GRACE_MS);
-      if (this._open) this._sendEntry(entry);
-      else this._queue.push(entry);
+      this._outbox.enqueue(entry);
+      this._pump(true);                  // at once if a token is free; subscribes still gather per tick
     });
   }
 
@@ -227,12 +555,9 @@ export class Freshwire {
     clearTimeout(this._openTimer);
     this._openTimer = null;
     this._open = true;
-    this._attemptBeforeOpen = this._attempt;
-    this._attempt = 0;
-    if (this._subs.size) this._sendSubscribe([...this._subs.keys()]);   // exact resume
-    const queued = this._queue;
-    this._queue = [];
-    for (const entry of queued) this._sendEntry(entry);
+    this._openedAt = clock();
+    this._outbox.reset(this._openedAt);                  // exact resume: every key, with `since`
+    this._pump();
     this._startPing(ws);
     this._setState("open");
   }
@@ -248,7 +573,7 @@ export class Freshwire {
     this._stopTimers();
     this._rejectPending("disconnected", `the connection was lost (close ${code})`);
     if (this._state === "closed") return;
-    if (wasOpen && REFUSALS.has(code)) this._attempt = this._attemptBeforeOpen;
+    if (wasOpen) this._attempt = attemptAfterClose(this._attempt, clock() - this._openedAt, code);
     if (code === CLOSE_AUTH && !this._getToken) {
       this._emit("error", { type: "error", code: "auth_failed", message: "the gateway refused the token (close 4001)" });
       this.close();
@@ -259,7 +584,7 @@ export class Freshwire {
   }
 
   _schedule() {
-    const delay = this._random() * Math.min(this._maxBackoff, this._minBackoff * 2 ** this._attempt);
+    const delay = backoffDelay(this._attempt, this._minBackoff, this._maxBackoff, this._random);
     this._attempt += 1;
     this._clearTimer();
     this._timer = setTimeout(() => {
@@ -282,17 +607,19 @@ export class Freshwire {
     this._awaitingPong = false;
     this._pingTimer = setInterval(() => {
       if (this._awaitingPong) { this._drop(ws, 1006); return; }   // nothing heard for a whole interval
+      if (!this._outbox.spend(clock())) return;                   // no token: ping next time
       this._awaitingPong = true;
-      this._request({ op: "ping" }, { kind: "ping" });
+      const id = this._nextId++;
+      this._pending.set(id, { kind: "ping", id });
+      this._send({ op: "ping", id });
     }, this._pingInterval);
   }
 
   _stopTimers() {
     clearTimeout(this._openTimer);
     clearInterval(this._pingTimer);
-    this._openTimer = this._pingTimer = null;
-    for (const t of this._retries) clearTimeout(t);
-    this._retries.clear();
+    clearTimeout(this._pumpTimer);
+    this._openTimer = this._pingTimer = this._pumpTimer = null;
   }
 
   _shutdown(code, message) {
@@ -306,9 +633,8 @@ export class Freshwire {
     }
     this._stopTimers();
     this._rejectPending(code, message);
-    const queued = this._queue;
-    this._queue = [];
-    for (const entry of queued) this._fail(entry, code, message);
+    for (const entry of this._outbox.failAll(code, message)) this._fail(entry, code, message);
+    this._settle();
   }
 
   // -- internals: requests
@@ -319,38 +645,68 @@ export class Freshwire {
     try { ws.send(JSON.stringify(body)); return true; } catch { return false; }
   }
 
-  _request(body, entry) {
-    const id = this._nextId++;
-    entry.id = id;
-    this._pending.set(id, entry);
-    if (this._send({ op: body.op, id, ...body })) return true;
-    this._pending.delete(id);
-    return false;
+  /** Subscriptions changed: report what settled, and send at the end of this tick. */
+  _changed() {
+    this._settle();
+    this._wakeIn(0);
+  }
+
+  _wakeIn(ms) {
+    if (!this._open) return;
+    const at = clock() + ms;
+    if (this._pumpTimer !== null && this._pumpAt <= at) return;
+    clearTimeout(this._pumpTimer);
+    this._pumpAt = at;
+    this._pumpTimer = setTimeout(() => { this._pumpTimer = null; this._pump(); }, ms);
+  }
+
+  /** Send what the outbox allows now (only awaits when `othersOnly`), and wake up for the rest. */
+  _pump(othersOnly = false) {
+    while (this._open) {
+      const id = this._nextId;
+      const step = this._outbox.next(clock(), id, othersOnly);
+      if (step === null) {                               // idle: no timer left behind
+        if (!othersOnly) { clearTimeout(this._pumpTimer); this._pumpTimer = null; }
+        break;
+      }
+      if (step.waitMs !== undefined) { this._wakeIn(step.waitMs); break; }
+      if (step.op === "other") { this._sendEntry(step.item); continue; }
+      this._nextId += 1;
+      const body = { op: step.op, id, keys: step.keys };
+      if (step.op === "subscribe") {
+        body.since = {};
+        for (const key of step.keys) body.since[key] = this.versions.get(key) ?? null;
+      }
+      this._send(body);                                  // a failed send: the socket is closing, a resume follows
+    }
+    this._settle();
   }
 
   _sendEntry(entry) {
-    if (!this._request(entry.body, entry)) this._fail(entry, "disconnected", "the request could not be sent");
+    const id = this._nextId++;
+    entry.id = id;
+    this._pending.set(id, entry);
+    if (this._send({ ...entry.body, id })) return;
+    this._pending.delete(id);
+    this._fail(entry, "disconnected", "the request could not be sent");
   }
 
-  /** One or a few `subscribe` frames (under the frame and key limits) with `since` for every key. */
-  _sendSubscribe(keys) {
-    let chunk = [];
-    let size = 64;
-    const flush = () => {
-      if (!chunk.length) return;
-      const since = {};
-      for (const key of chunk) since[key] = this.versions.get(key) ?? null;
-      this._request({ op: "subscribe", keys: chunk, since }, { kind: "subscribe", keys: chunk, tries: 0 });
-      chunk = [];
-      size = 64;
-    };
-    for (const key of keys) {
-      const cost = 2 * key.length + 30;
-      if (chunk.length && (size + cost > FRAME_BUDGET || chunk.length >= KEYS_PER_FRAME)) flush();
-      chunk.push(key);
-      size += cost;
+  /** Hand the outbox's events to the callers: settled tickets, and keys the gateway (or we) refused. */
+  _settle() {
+    for (const event of this._outbox.take()) {
+      if (event.type === "refused") {
+        for (const key of event.keys) {
+          this._subs.delete(key);
+          this.versions.delete(key);
+        }
+        if (event.frame === undefined) this._emit("error", { type: "error", code: event.code, message: event.message, keys: event.keys });
+      } else if (event.error) {
+        const { code, message, frame, keys } = event.error;
+        event.ticket.reject(new FreshwireError(code, message, frame, keys));
+      } else {
+        event.ticket.resolve();
+      }
     }
-    flush();
   }
 
   _fail(entry, code, message, frame) {
@@ -360,8 +716,7 @@ export class Freshwire {
 
   _forget(entry) {
     if (entry.id !== null && this._pending.get(entry.id) === entry) this._pending.delete(entry.id);
-    const i = this._queue.indexOf(entry);
-    if (i >= 0) this._queue.splice(i, 1);
+    this._outbox.cancel(entry);
   }
 
   _rejectPending(code, message) {
@@ -380,46 +735,26 @@ export class Freshwire {
     try { msg = JSON.parse(event.data); } catch { return; }
     if (msg === null || typeof msg !== "object" || Array.isArray(msg)) return;
     if (msg.type === "invalidate") { this._onInvalidate(msg.keys); return; }
-    const entry = typeof msg.id === "number" ? this._pending.get(msg.id) : undefined;
     if (msg.type === "error") this._emit("error", msg);
-    if (!entry) return;
-    switch (msg.type) {
-      case "visible":
-        if (entry.kind === "await") {
-          this._pending.delete(msg.id);
-          clearTimeout(entry.timer);
-          entry.resolve({ version: msg.version, token: msg.token });
-        }
-        break;
-      case "error":
-        if (entry.kind === "subscribe" && msg.code === "forbidden") break;   // the rest is subscribed: a reply follows
-        this._pending.delete(msg.id);
-        if (entry.kind === "await") this._fail(entry, String(msg.code), String(msg.message ?? ""), msg);
-        else if (entry.kind === "subscribe" && msg.code === "unavailable") this._retrySubscribe(entry);
-        break;
-      case "subscribed":
-      case "unsubscribed":
-      case "pong":
-        this._pending.delete(msg.id);
-        break;
-      default:                                           // unknown type: ignore
+    if (msg.type === "error" && msg.code === "rate_limited") {   // no id: a frame was dropped
+      this._outbox.onRateLimited(clock());
+      this._pump();
+      return;
     }
-  }
-
-  _retrySubscribe(entry) {
-    const ws = this._ws;
-    const tries = entry.tries + 1;
-    const delay = this._random() * Math.min(this._maxBackoff, this._minBackoff * 2 ** tries);
-    const timer = setTimeout(() => {
-      this._retries.delete(timer);
-      if (ws !== this._ws || !this._open) return;         // a reconnect resubscribes everything anyway
-      const keys = entry.keys.filter((key) => this._subs.has(key));
-      if (!keys.length) return;
-      const since = {};
-      for (const key of keys) since[key] = this.versions.get(key) ?? null;
-      this._request({ op: "subscribe", keys, since }, { kind: "subscribe", keys, tries });
-    }, delay);
-    this._retries.add(timer);
+    if (typeof msg.id !== "number") return;
+    if (this._outbox.onReply(msg, clock())) { this._pump(); return; }
+    const entry = this._pending.get(msg.id);
+    if (!entry) return;
+    if (msg.type === "visible" && entry.kind === "await") {
+      this._pending.delete(msg.id);
+      clearTimeout(entry.timer);
+      entry.resolve({ version: msg.version, token: msg.token });
+    } else if (msg.type === "error") {
+      this._pending.delete(msg.id);
+      if (entry.kind === "await") this._fail(entry, String(msg.code), String(msg.message ?? ""), msg);
+    } else if (msg.type === "pong") {
+      this._pending.delete(msg.id);
+    }                                                    // unknown type: ignore
   }
 
   _onInvalidate(keys) {

@@ -1,12 +1,16 @@
 """The Python client against a real uvicorn server (memory backend): a resume refused with
 `unavailable` is retried. Found by the chaos harness: a client reconnecting while Redis restarted
-stayed connected with nothing subscribed."""
+stayed connected with nothing subscribed.
+
+`serve()` runs such a server for the other tests of the client (test_client_bursts.py)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import pytest
 import uvicorn
@@ -18,6 +22,7 @@ from gateway.backend import BackendUnavailable
 from gateway.backend_memory import MemoryBackend
 from gateway.client import Client
 from gateway.settings import GatewaySettings
+from gateway.state import GatewayState
 
 
 class FlakyBackend(MemoryBackend):
@@ -41,20 +46,27 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture
-async def served() -> AsyncIterator[tuple[str, FlakyBackend]]:
-    backend = FlakyBackend()
+@contextlib.asynccontextmanager
+async def serve(backend: MemoryBackend, **settings: Any) -> AsyncIterator[tuple[str, GatewayState]]:
+    """A real gateway (uvicorn, this event loop) on a free port: yields its /ws URL and its state."""
     port = _free_port()
-    app = create_app(GatewaySettings(jwt_secret=SECRET, redis_url="memory://"), backend=backend)
+    app = create_app(GatewaySettings(jwt_secret=SECRET, redis_url="memory://", **settings), backend=backend)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", ws=WS_IMPL))
     task = asyncio.create_task(server.serve())
     while not server.started:
         await asyncio.sleep(0.01)
     try:
-        yield f"ws://127.0.0.1:{port}/ws", backend
+        yield f"ws://127.0.0.1:{port}/ws", app.state.fw
     finally:
         server.should_exit = True
         await task
+
+
+@pytest.fixture
+async def served() -> AsyncIterator[tuple[str, FlakyBackend]]:
+    backend = FlakyBackend()
+    async with serve(backend) as (url, _state):
+        yield url, backend
 
 
 async def test_client_resume_refused_as_unavailable_is_retried(served: tuple[str, FlakyBackend]) -> None:

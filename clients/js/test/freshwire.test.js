@@ -48,7 +48,26 @@ class FakeWebSocket {
 }
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-const tick = () => new Promise((r) => setImmediate(r));
+const tick = () => new Promise((r) => setTimeout(r, 1));   // past the client's end-of-tick flush
+
+/** Play the gateway for every subscribe/unsubscribe frame not answered yet (and the ones they let
+ *  through): `subscribed` with `versions[key] ?? null` for each key, `unsubscribed`. Returns them. */
+function answer(ws, versions = {}) {
+  const answered = [];
+  ws.answered ??= new Set();
+  for (let i = 0; i < ws.sent.length; i++) {
+    const f = ws.sent[i];
+    if (ws.answered.has(f) || (f.op !== "subscribe" && f.op !== "unsubscribe")) continue;
+    ws.answered.add(f);
+    answered.push(f);
+    if (f.op === "subscribe") {
+      ws.push({ type: "subscribed", id: f.id, versions: Object.fromEntries(f.keys.map((k) => [k, versions[k] ?? null])), watermark: null });
+    } else {
+      ws.push({ type: "unsubscribed", id: f.id, keys: f.keys });
+    }
+  }
+  return answered;
+}
 
 async function waitFor(cond, ms = 2000, what = "condition") {
   const end = Date.now() + ms;
@@ -90,18 +109,20 @@ test("connects with the subprotocol and the URL-encoded token in the query", asy
   assert.deepEqual(ws().sent, [], "no subscriptions: nothing to send on open");
 });
 
-test("subscribe sends one frame with integer id, keys and since, and routes invalidations only to matching subscribers", async (t) => {
+test("subscribe calls of one tick go out as one frame with an integer id, keys and since; invalidations reach only matching subscribers", async (t) => {
   const { fw, ws } = await setupOpen(t);
   const gotA = [], gotB = [], events = [];
   fw.on("invalidate", (c) => events.push(c));
   fw.subscribe(["card:1", "board:1"], (c) => gotA.push(c));
   fw.subscribe("card:2", (c) => gotB.push(c));
-  const [f1, f2] = ws().frames("subscribe");
-  assert.ok(Number.isInteger(f1.id) && Number.isInteger(f2.id) && f1.id !== f2.id);
-  assert.deepEqual(f1.keys, ["card:1", "board:1"]);
-  assert.deepEqual(f1.since, { "card:1": null, "board:1": null });
-  assert.deepEqual(f2.keys, ["card:2"]);
-  ws().push({ type: "subscribed", id: f1.id, versions: { "card:1": V(5), "board:1": null }, watermark: V(9) });
+  assert.deepEqual(ws().sent, [], "nothing before the end of the tick");
+  await tick();
+  const [f1, ...more] = ws().frames("subscribe");
+  assert.deepEqual(more, []);
+  assert.ok(Number.isInteger(f1.id));
+  assert.deepEqual(f1.keys, ["card:1", "board:1", "card:2"]);
+  assert.deepEqual(f1.since, { "card:1": null, "board:1": null, "card:2": null });
+  ws().push({ type: "subscribed", id: f1.id, versions: { "card:1": V(5), "board:1": null, "card:2": null }, watermark: V(9) });
   ws().push({ type: "invalidate", keys: { "card:1": V(5) } });                 // the since=null invalidate
   ws().push({ type: "invalidate", keys: { "card:1": V(10), "card:2": V(10), "other:1": V(10) } });
   assert.deepEqual(gotA, [{ "card:1": V(5) }, { "card:1": V(10) }]);
@@ -116,27 +137,34 @@ test("several subscribers of a key share one server subscription (reference coun
   const { fw, ws } = await setupOpen(t);
   const a = [], b = [];
   const offA = fw.subscribe(["card:1"], (c) => a.push(c));
+  await tick();
+  answer(ws());
   const offB = fw.subscribe(["card:1", "card:2"], (c) => b.push(c));
+  await tick();
   const subs = ws().frames("subscribe");
   assert.equal(subs.length, 2);
   assert.deepEqual(subs[1].keys, ["card:2"], "only the new key is sent");
+  answer(ws());
   ws().push({ type: "invalidate", keys: { "card:1": V(1) } });
   assert.deepEqual(a, [{ "card:1": V(1) }]);
   assert.deepEqual(b, [{ "card:1": V(1) }]);
 
   offA();
+  await tick();
   assert.equal(ws().frames("unsubscribe").length, 0, "card:1 still has a listener");
   ws().push({ type: "invalidate", keys: { "card:1": V(2) } });
   assert.equal(a.length, 1, "an unsubscribed listener hears nothing");
   assert.deepEqual(b.at(-1), { "card:1": V(2) });
 
   offB();
+  await tick();
   const unsub = ws().frames("unsubscribe");
   assert.equal(unsub.length, 1);
   assert.ok(Number.isInteger(unsub[0].id));
   assert.deepEqual(unsub[0].keys.sort(), ["card:1", "card:2"]);
   assert.equal(fw.versions.size, 0);
   offB(); offA();                                                            // idempotent
+  await tick();
   assert.equal(ws().frames("unsubscribe").length, 1);
   ws().push({ type: "unsubscribed", id: unsub[0].id, keys: ["card:1", "card:2"] });
   ws().push({ type: "invalidate", keys: { "card:1": V(3) } });
@@ -282,8 +310,8 @@ test("resume: one subscribe with all keys and since = the newest versions seen",
   fw.subscribe(["a:1", "a:2"], (c) => got.push(c));
   fw.subscribe(["a:3"], (c) => got.push(c));
   const off = fw.subscribe(["gone:1"], () => {});
-  const first = ws().frames("subscribe")[0];
-  ws().push({ type: "subscribed", id: first.id, versions: { "a:1": V(5), "a:2": null }, watermark: V(6) });
+  await tick();
+  answer(ws(), { "a:1": V(5) });
   ws().push({ type: "invalidate", keys: { "a:1": V(5) } });
   ws().push({ type: "invalidate", keys: { "a:1": V(7), "a:3": V(7) } });
   ws().push({ type: "invalidate", keys: { "a:1": V(6) } });                  // stale: not "seen" as newest
@@ -304,12 +332,14 @@ test("resume: one subscribe with all keys and since = the newest versions seen",
   assert.equal(fw.versions.get("a:2"), V(9));
 });
 
-test("a large resume is split under the frame limit", async (t) => {
+test("a large resume is split under the frame limit, one frame at a time", async (t) => {
   const { fw, ws, instances } = setup(t);
   const keys = Array.from({ length: 400 }, (_, i) => `k:${String(i).padStart(250, "0")}`);
   fw.subscribe(keys, () => {});
   await waitFor(() => instances.length === 1);
   ws().open();
+  assert.equal(ws().frames("subscribe").length, 1, "the next frame waits for this one's reply");
+  while (answer(ws()).length) { /* each answer lets the next frame out */ }
   const frames = ws().frames("subscribe");
   assert.ok(frames.length > 1);
   for (const f of frames) assert.ok(JSON.stringify(f).length < 65536);
@@ -384,17 +414,25 @@ test("state events come in order: connecting, open, reconnecting, open, closed",
   assert.deepEqual(fromEvent, ["reconnecting", "open", "reconnecting", "open", "closed"]);
 });
 
-test("a forbidden subscribe keeps the request pending for its reply; unavailable is retried", async (t) => {
+test("forbidden keys reject their caller's ready (with .keys) and are dropped; unavailable is retried", async (t) => {
   const { fw, ws } = await setupOpen(t, { random: () => 0 });
   const errors = [];
   fw.on("error", (e) => errors.push(e));
-  fw.subscribe(["ok:1", "no:1"], () => {});
+  const offOk = fw.subscribe(["ok:1"], () => {});
+  const offMixed = fw.subscribe(["ok:2", "no:1"], () => {});
+  await tick();
   const [f] = ws().frames("subscribe");
+  assert.deepEqual(f.keys, ["ok:1", "ok:2", "no:1"]);
   ws().push({ type: "error", id: f.id, code: "forbidden", message: "not covered", keys: ["no:1"] });
-  ws().push({ type: "subscribed", id: f.id, versions: { "ok:1": null }, watermark: null });
+  ws().push({ type: "subscribed", id: f.id, versions: { "ok:1": null, "ok:2": null }, watermark: null });
   assert.equal(errors[0].code, "forbidden");
+  await offOk.ready;
+  await assert.rejects(offMixed.ready, (err) => err instanceof FreshwireError && err.code === "forbidden"
+    && err.frame.keys[0] === "no:1" && err.keys.length === 1 && err.keys[0] === "no:1");
+  assert.deepEqual([...fw.versions.keys()], ["ok:1", "ok:2"], "the refused key is not kept");
 
-  fw.subscribe(["busy:1"], () => {});
+  const busy = fw.subscribe(["busy:1"], () => {});
+  await tick();
   const g = ws().frames("subscribe")[1];
   ws().push({ type: "error", id: g.id, code: "unavailable", message: "store down" });
   await waitFor(() => ws().frames("subscribe").length === 3, 1000, "a retry");
@@ -402,6 +440,82 @@ test("a forbidden subscribe keeps the request pending for its reply; unavailable
   assert.deepEqual(retry.keys, ["busy:1"]);
   assert.deepEqual(retry.since, { "busy:1": null });
   assert.notEqual(retry.id, g.id);
+  answer(ws());
+  await busy.ready;
+});
+
+test("a frame dropped with rate_limited (no id) is sent again after a back-off; ready resolves once live", async (t) => {
+  const { fw, ws } = await setupOpen(t, { random: () => 0, maxBackoffMs: 10000 });   // pause: half of 250 ms
+  const errors = [];
+  fw.on("error", (e) => errors.push(e));
+  const off = fw.subscribe(["k:1", "k:2"], () => {});
+  let live = false;
+  off.ready.then(() => { live = true; });
+  await tick();
+  const [first] = ws().frames("subscribe");
+  ws().push({ type: "error", code: "rate_limited", message: "at most 50 messages/s" });
+  fw.subscribe(["k:3"], () => {});
+  await sleep(60);
+  assert.equal(ws().frames("subscribe").length, 1, "paused");
+  await waitFor(() => ws().frames("subscribe").length === 2, 1000, "the re-send");
+  const again = ws().frames("subscribe")[1];
+  assert.deepEqual(again.keys, ["k:1", "k:2", "k:3"]);
+  assert.notEqual(again.id, first.id);
+  assert.equal(live, false);
+  answer(ws());
+  await off.ready;
+  assert.equal(errors[0].code, "rate_limited");
+  assert.equal(fw.state, "open");
+});
+
+test("ready waits across a reconnect: the resume confirms what the lost socket never did", async (t) => {
+  const { fw, ws, instances } = await setupOpen(t);
+  const off = fw.subscribe(["k:1"], () => {});
+  await tick();
+  ws().serverClose(1006);                                   // before any reply
+  await waitFor(() => instances.length === 2, 1000, "a reconnect");
+  ws().open();
+  assert.deepEqual(ws().frames("subscribe")[0].keys, ["k:1"]);
+  answer(ws());
+  await off.ready;
+});
+
+test("keys past maxSubscriptions reject their caller with too_many_keys, are dropped, and are reported as an error event", async (t) => {
+  const { fw, ws } = await setupOpen(t, { maxSubscriptions: 2 });
+  const errors = [];
+  fw.on("error", (e) => errors.push(e));
+  const first = fw.subscribe(["a:1", "a:2"], () => {});
+  const second = fw.subscribe(["a:3"], () => {});
+  await tick();
+  assert.deepEqual(ws().frames("subscribe")[0].keys, ["a:1", "a:2"]);
+  answer(ws());
+  await first.ready;
+  await assert.rejects(second.ready, (err) => err.code === "too_many_keys" && err.keys[0] === "a:3");
+  assert.deepEqual([...fw.versions.keys()], ["a:1", "a:2"]);
+  assert.deepEqual(errors.map((e) => [e.code, e.keys]), [["too_many_keys", ["a:3"]]]);
+  first();                                                   // room again: a:3 may be asked again
+  const third = fw.subscribe(["a:3"], () => {});
+  await tick();
+  answer(ws());
+  await third.ready;
+  assert.deepEqual(ws().frames("unsubscribe")[0].keys, ["a:1", "a:2"]);
+});
+
+test("close() rejects pending readies with closed; subscribe after close returns a rejected ready", async (t) => {
+  const { fw } = await setupOpen(t);
+  const off = fw.subscribe(["k:1"], () => {});
+  fw.close();
+  await assert.rejects(off.ready, (err) => err.code === "closed");
+  const late = fw.subscribe(["k:2"], () => {});
+  await assert.rejects(late.ready, (err) => err.code === "closed");
+  late();
+});
+
+test("awaits are paced with the subscribes: past the burst they wait for tokens", async (t) => {
+  const { fw, ws } = await setupOpen(t, { framesPerSecond: 100, frameBurst: 3 });
+  for (let i = 0; i < 5; i++) fw.await(`fw1:${i}`).catch(() => {});
+  assert.equal(ws().frames("await").length, 3, "the burst");
+  await waitFor(() => ws().frames("await").length === 5, 1000, "the rest, paced");
 });
 
 test("invalid keys are refused synchronously (one bad key would break every resume)", async (t) => {
