@@ -9,6 +9,9 @@ subscribe()/unsubscribe() calls made together share frames, and frames are paced
 gateway's rate limit by `Outbox`, a sans-I/O scheduler: a call returns once the gateway confirmed
 its keys, or raises ClientError for the keys it refused; a frame the gateway drops is sent again.
 
+A `lapse` message (a guarantee did not hold for some keys) goes to `on_lapse` and into `lapses`;
+`lag_s()` says how long the oldest batch received has been waiting for the application.
+
     async with Client("ws://127.0.0.1:18080/ws", token=token) as client:
         await client.subscribe(["card:1"])
         async for batch in client:          # {"card:1": "00000000019d0138"}
@@ -23,6 +26,7 @@ import json
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
@@ -37,7 +41,8 @@ from gateway.protocol import SUBPROTOCOL, VERSION_RE
 log = logging.getLogger(__name__)
 
 State = Literal["connecting", "open", "reconnecting", "closed"]
-QUEUE_BOUND = 10_000
+QUEUE_BOUND = 10_000             # batches received and not yet taken by the app; the reader waits when full
+LAPSES_KEPT = 100                # the most recent `lapse` messages kept in Client.lapses
 
 # Reconnect policy (docs/protocol.md, "Client reconnect policy"; clients/js/freshwire.js follows the same).
 MIN_BACKOFF_S = 0.1
@@ -424,7 +429,8 @@ class Client:
                  min_backoff_s: float = MIN_BACKOFF_S, max_backoff_s: float = MAX_BACKOFF_S,
                  on_state: Callable[[State], None] | None = None, record: bool = False,
                  frames_per_s: float = FRAMES_PER_S, frame_burst: int = FRAME_BURST,
-                 max_subscriptions: int = MAX_SUBSCRIPTIONS, reply_timeout_s: float = REPLY_TIMEOUT_S) -> None:
+                 max_subscriptions: int = MAX_SUBSCRIPTIONS, reply_timeout_s: float = REPLY_TIMEOUT_S,
+                 on_lapse: Callable[[dict[str, Any]], None] | None = None) -> None:
         if token is None and get_token is None:
             raise ValueError("pass token or get_token")
         self.url = url
@@ -436,6 +442,9 @@ class Client:
         self.state: State = "connecting"
         self.connects = 0
         self._batches: asyncio.Queue[dict[str, str]] = asyncio.Queue(QUEUE_BOUND)
+        self._received_at: deque[float] = deque()    # monotonic time each queued batch was read, oldest first
+        self.on_lapse = on_lapse
+        self.lapses: deque[dict[str, Any]] = deque(maxlen=LAPSES_KEPT)   # newest last
         self._replies: dict[int, asyncio.Future[dict[str, Any]]] = {}   # awaits and pings
         self._sent: set[int] = set()                 # ... of which sent on the current connection
         self._next_id = 1
@@ -609,10 +618,38 @@ class Client:
 
     async def _iterate(self) -> AsyncIterator[dict[str, str]]:
         while True:
-            yield await self._batches.get()
+            batch = await self._batches.get()
+            self._trim()
+            yield batch
 
     async def next_batch(self, timeout_s: float) -> dict[str, str]:
-        return await asyncio.wait_for(self._batches.get(), timeout_s)
+        try:
+            return await asyncio.wait_for(self._batches.get(), timeout_s)
+        finally:
+            self._trim()
+
+    def lag_s(self) -> float:
+        """How far the application trails this client: seconds since the oldest batch still waiting
+        to be taken (`async for`, next_batch()) was read from the gateway; 0.0 when none waits. It
+        counts nothing before the client read the frame (database, pipeline, network): no commit time
+        travels on the wire."""
+        self._trim()
+        return max(0.0, time.monotonic() - self._received_at[0]) if self._received_at else 0.0
+
+    def _trim(self) -> None:
+        # One stamp per queued batch, both first in first out: batches taken drop the oldest stamps.
+        while len(self._received_at) > self._batches.qsize():
+            self._received_at.popleft()
+
+    def _lapse(self, message: dict[str, Any]) -> None:
+        """A `lapse`: kept in `lapses` and handed to `on_lapse`, whose failure is logged, not raised."""
+        self.lapses.append(message)
+        if self.on_lapse is None:
+            return
+        try:
+            self.on_lapse(message)
+        except Exception:
+            log.exception("on_lapse failed for %s", message.get("reason"))
 
     # -- connection loop
     async def _token_now(self) -> str:
@@ -701,8 +738,11 @@ class Client:
                 self._sent.add(item_id)
                 await ws.send(json.dumps({**request, "id": item_id}))
             else:
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancel that lands while
+                # the wake-up completes, and close() then waited forever for this task.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), None if step is None else step.seconds)
+                    async with asyncio.timeout(None if step is None else step.seconds):
+                        await self._wake.wait()
 
     async def _read(self, ws: Any) -> None:
         async for raw in ws:
@@ -715,9 +755,16 @@ class Client:
                     self.received.extend(message["keys"].items())
                 fresh = {k: v for k, v in message["keys"].items()
                          if k in self.versions and (self.versions[k] or "") < v}
-                self.versions.update(fresh)
                 if fresh:
+                    received = time.monotonic()
                     await self._batches.put(fresh)
+                    self._received_at.append(received)
+                    # Only once queued: a connection lost while the queue is full must not leave
+                    # `versions` (what a resume asks `since`) ahead of what the app was handed.
+                    self.versions.update(fresh)
+                continue
+            if kind == "lapse":  # after the invalidate it concerns: that batch is queued already
+                self._lapse(message)
                 continue
             now = time.monotonic()
             rid = message.get("id")

@@ -5,6 +5,25 @@ export type Version = string;
 export type State = "connecting" | "open" | "reconnecting" | "closed";
 /** key -> new version */
 export type Changes = Record<string, Version>;
+/** A listener of changes. A returned promise tells the client the app is busy with them until it
+ *  settles (counted by `lagMs()`; a rejection is reported like a throw). */
+export type ChangesListener = (changes: Changes) => void | PromiseLike<unknown>;
+
+/** What lapsed (docs/protocol.md, "lapse"): the replica may still serve old data of `keys`
+ *  (`replica_lag`), invalidations were lost upstream and every key was invalidated (`flush`), or live
+ *  delivery was interrupted and every key re-read (`resync`). Other reasons may come later. */
+export type LapseReason = "replica_lag" | "flush" | "resync";
+
+/** A `lapse` message: a guarantee did not hold for these subscribed keys. It follows the invalidate it concerns. */
+export interface Lapse {
+  type: "lapse";
+  reason: LapseReason | (string & {});
+  /** The keys of this connection it concerns (for `resync`: all of them). */
+  keys: string[];
+  /** The transaction's version (`resync`: the watermark after the re-read); null when unknown. */
+  version: Version | null;
+  [field: string]: unknown;
+}
 
 /** An `error` frame of the gateway, or a client-side one (`auth_failed`, `get_token_failed`, `connect_failed`). */
 export interface ErrorFrame {
@@ -149,6 +168,7 @@ export interface FreshwireEvents {
   state: State;
   error: ErrorFrame;
   invalidate: Changes;
+  lapse: Lapse;
 }
 
 export declare class Freshwire {
@@ -160,9 +180,17 @@ export declare class Freshwire {
   /** Subscribe keys; `onInvalidate` gets the changes of these keys only. Returns the unsubscribe
    *  function, with `ready`. Calls made in one tick share frames. Throws TypeError for a key outside
    *  the protocol's alphabet. */
-  subscribe(keys: string | Iterable<string>, onInvalidate: (changes: Changes) => void): Unsubscribe;
+  subscribe(keys: string | Iterable<string>, onInvalidate: ChangesListener): Unsubscribe;
   /** Read-your-writes: resolves once the write token's transaction is released. */
   await(writeToken: string, options?: AwaitOptions): Promise<Visible>;
+  /** `fn` for every `lapse` message, after the listeners of the invalidate it concerns; a throwing
+   *  listener is reported and does not stop the others. Returns the off function. */
+  onLapse(fn: (lapse: Lapse) => void): () => void;
+  /** How far the application trails this client, in ms: the time since the oldest invalidation still
+   *  waiting for the app (a listener's returned promise not settled) was read from the gateway; 0
+   *  when none waits. Does not count time before the client read the frame. */
+  lagMs(): number;
+  on(event: "invalidate", fn: ChangesListener): () => void;
   on<E extends keyof FreshwireEvents>(event: E, fn: (arg: FreshwireEvents[E]) => void): () => void;
   off<E extends keyof FreshwireEvents>(event: E, fn: (arg: FreshwireEvents[E]) => void): void;
   close(): void;

@@ -9,6 +9,8 @@
 //   const off = fw.subscribe(["card:1"], (changes) => refetch(changes));   // {"card:1": "00000000019d0138"}
 //   await off.ready;                                                       // live on the gateway (optional)
 //   const { version } = await fw.await(writeToken);                        // read-your-writes
+//   fw.onLapse((lapse) => showBanner(lapse.reason));                       // a guarantee lapsed
+//   fw.lagMs();                                 // how long the oldest change has waited for the app
 
 export const SUBPROTOCOL = "freshwire.v1";
 
@@ -29,6 +31,7 @@ const FRAME_BUDGET = 60000;      // bytes per subscribe frame (the gateway's lim
 const REPLY_TIMEOUT_MS = 10000;  // a subscribe/unsubscribe unanswered this long is taken as lost
 const RATE_BACKOFF_MS = 250;     // pause after a `rate_limited`, doubled per one in a row
 const LIMBO = 64;                // frames taken as lost whose late replies are still applied
+const LAG_TRACKED = 10000;       // invalidations awaited by lagMs() at most (past it, new ones are not)
 
 /** An error reply of the gateway (`code` from the protocol's error table) or a client-side failure
  *  (`disconnected`, `closed`, `timeout`; `too_many_keys` also when the client refuses keys past
@@ -394,6 +397,7 @@ export class Freshwire {
     this._pumpTimer = null;              // the outbox's next step
     this._pumpAt = 0;
     this._awaitingPong = false;
+    this._waiting = new Set();           // {at, open}: invalidations whose listeners' promises are pending, oldest first
     this._offline = () => { if (this._ws) this._drop(this._ws, 1006); };
     this._online = () => { if (this._state === "reconnecting" && this._timer !== null) { this._attempt = 0; this._clearTimer(); this._connect(); } };
     if (typeof globalThis.addEventListener === "function") {
@@ -406,7 +410,8 @@ export class Freshwire {
 
   get state() { return this._state; }
 
-  /** Listen to "state" (state string), "error" (error frame object) or "invalidate" (changes). Returns an off function. */
+  /** Listen to "state" (state string), "error" (error frame object), "invalidate" (changes) or "lapse"
+   *  (lapse message). Returns an off function. */
   on(event, fn) {
     let set = this._listeners.get(event);
     if (!set) this._listeners.set(event, (set = new Set()));
@@ -415,6 +420,25 @@ export class Freshwire {
   }
 
   off(event, fn) { this._listeners.get(event)?.delete(fn); }
+
+  /** `fn(lapse)` for every `lapse` message ({type, reason, keys, version}: a guarantee did not hold
+   *  for these keys, docs/protocol.md), called after the listeners of the invalidate it concerns.
+   *  A listener that throws is reported and does not stop the others. Returns an off function. */
+  onLapse(fn) {
+    if (typeof fn !== "function") throw new TypeError("freshwire: onLapse needs a function");
+    return this.on("lapse", fn);
+  }
+
+  /** How far the application trails this client, in ms: the time since the oldest invalidation that
+   *  is still waiting for the app was read from the gateway; 0 when none waits. An invalidation
+   *  waits while a listener it was handed to (subscribe() or "invalidate") has returned a promise
+   *  that has not settled yet; a listener returning anything else is done when it returns. Time
+   *  before the client read the frame (database, pipeline, network) is not counted: no commit time
+   *  travels on the wire. */
+  lagMs() {
+    const oldest = this._waiting.values().next().value;
+    return oldest ? Math.max(0, clock() - oldest.at) : 0;
+  }
 
   /** Subscribe `keys` (a key or a list); `onInvalidate({key: version})` gets changes of these keys only.
    *  Returns an unsubscribe function whose `ready` promise resolves once every key is live on the
@@ -735,6 +759,7 @@ export class Freshwire {
     try { msg = JSON.parse(event.data); } catch { return; }
     if (msg === null || typeof msg !== "object" || Array.isArray(msg)) return;
     if (msg.type === "invalidate") { this._onInvalidate(msg.keys); return; }
+    if (msg.type === "lapse") { this._emit("lapse", msg); return; }    // after its invalidate's listeners
     if (msg.type === "error") this._emit("error", msg);
     if (msg.type === "error" && msg.code === "rate_limited") {   // no id: a frame was dropped
       this._outbox.onRateLimited(clock());
@@ -777,11 +802,23 @@ export class Freshwire {
       }
     }
     if (!any) return;
+    const waiting = { at: clock(), open: 0 };
     for (const [sub, changes] of perSub) {
       if (!sub.active) continue;                         // unsubscribed by an earlier callback
-      try { sub.fn(changes); } catch (err) { report(err); }
+      this._deliver(sub.fn, changes, waiting);
     }
-    this._emit("invalidate", fresh);
+    for (const fn of [...(this._listeners.get("invalidate") ?? [])]) this._deliver(fn, fresh, waiting);
+  }
+
+  /** Call a listener of changes; while the promise it returns is pending, lagMs() counts `waiting`. */
+  _deliver(fn, changes, waiting) {
+    let result;
+    try { result = fn(changes); } catch (err) { report(err); return; }
+    if (typeof result?.then !== "function") return;                    // done when it returned
+    if (waiting.open === 0 && this._waiting.size >= LAG_TRACKED) return;
+    if (waiting.open++ === 0) this._waiting.add(waiting);
+    const done = () => { if (--waiting.open === 0) this._waiting.delete(waiting); };
+    Promise.resolve(result).then(done, (err) => { done(); report(err); });
   }
 }
 

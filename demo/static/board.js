@@ -1,5 +1,5 @@
-// The demo board: optimistic edits confirmed by `await`, conflicts (409) shown, and on each
-// invalidation a refetch of only what changed.
+// The demo board: optimistic edits confirmed by `await`, conflicts (409) shown, on each
+// invalidation a refetch of only what changed, and a banner when a guarantee lapsed.
 import { connect } from "/client.js";
 
 const COLUMNS = ["todo", "doing", "done"];
@@ -140,6 +140,40 @@ async function syncIndex() {                   // cards added, removed or moved 
   }
 }
 
+// A guarantee lapsed for some keys (docs/protocol.md, "lapse"): say so, and read again what may be old.
+const LAPSE_TEXT = {
+  replica_lag: "Some cards may show older data for a moment (replica behind).",
+  flush: "Everything was refreshed after an upstream gap.",
+  resync: "Live updates were interrupted; the board re-synced.",
+};
+const LAPSE_SHOWN_MS = 10000;           // the banner goes after this long, or on a click
+const REPLICA_RETRY_MS = 1000;          // replica_lag: the cards are read again after this long
+
+function showLapse(lapse) {
+  const el = $("#lapse");
+  el.textContent = LAPSE_TEXT[lapse.reason] ?? "Live updates were delayed for a moment.";
+  el.dataset.reason = String(lapse.reason);
+  el.hidden = false;
+  clearTimeout(showLapse.timer); showLapse.timer = setTimeout(() => { el.hidden = true; }, LAPSE_SHOWN_MS);
+}
+$("#lapse").onclick = () => { clearTimeout(showLapse.timer); $("#lapse").hidden = true; };
+
+function rereadLater(keys) {            // the refetch its invalidate caused may have read the old rows
+  const cardPrefix = cardKey("");
+  setTimeout(() => {
+    for (const key of keys) {
+      const id = key.startsWith(cardPrefix) ? Number(key.slice(cardPrefix.length)) : NaN;
+      if (key === boardKey) syncIndex();
+      else if (cards.has(id)) refetchCard(id);
+    }
+  }, REPLICA_RETRY_MS);
+}
+
+fw.onLapse((lapse) => {
+  showLapse(lapse);
+  // flush and resync: the invalidations before the lapse carried every change, refetched already.
+  if (lapse.reason === "replica_lag") rereadLater(Array.isArray(lapse.keys) ? lapse.keys : []);
+});
 fw.subscribe([boardKey], () => syncIndex());
 fw.on("state", (state) => { if (state === "open") loadBoard(); });
 await loadBoard();

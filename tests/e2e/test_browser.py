@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import urllib.request
 from collections.abc import Iterator
@@ -103,3 +104,29 @@ def test_browser_window_whose_socket_is_cut_catches_up(browser: object, stack_se
     b.wait_for_selector("#status[data-state=open]", timeout=15_000)  # type: ignore[attr-defined]
     for card_id in ids:
         b.wait_for_selector(_card(b, card_id, "done"), timeout=5_000)  # type: ignore[attr-defined]
+
+
+def test_browser_lapse_shows_a_banner_until_clicked(browser: object, stack_settings: StackSettings) -> None:
+    """The board says so when a guarantee lapsed: a `lapse` frame, put on the real gateway's socket."""
+    s = stack_settings
+    page = browser.new_context(viewport={"width": 1100, "height": 700}).new_page()  # type: ignore[attr-defined]
+    sockets: list[object] = []
+
+    def through(ws: object) -> None:  # the page talks to the real gateway; the test can add frames
+        ws.connect_to_server()  # type: ignore[attr-defined]
+        sockets.append(ws)
+
+    page.route_web_socket(re.compile(r"/ws\?"), through)
+    page.goto(f"http://{s.host}:{s.demo_port}/?user=lapse")
+    page.wait_for_selector("#status[data-state=open]", timeout=10_000)
+    card = _post(s, "/api/boards/1/cards", {"title": "Lapsed card"})["card"]
+    card_id = int(card["id"])  # type: ignore[index]
+    page.wait_for_selector(_card(page, card_id, "todo"), timeout=2_000)
+    assert page.is_hidden("#lapse")
+    lapse = {"type": "lapse", "reason": "replica_lag", "keys": [f"tenant:1:card:{card_id}"], "version": None}
+    sockets[-1].send(json.dumps(lapse))  # type: ignore[attr-defined]
+    page.wait_for_selector("#lapse:not([hidden])", timeout=2_000)
+    assert "older data" in page.inner_text("#lapse")
+    page.click("#lapse")
+    page.wait_for_selector("#lapse", state="hidden", timeout=2_000)
+    page.wait_for_selector(_card(page, card_id, "todo"), timeout=2_000)  # the re-read changed nothing

@@ -542,6 +542,71 @@ test("a listener that throws does not stop the others", async (t) => {
   assert.equal(logged.length, 1);
 });
 
+test("lapse: onLapse listeners get the message after the invalidate's listeners; a throwing one does not stop the others; off() stops one", async (t) => {
+  const { fw, ws } = await setupOpen(t);
+  const order = [];
+  const original = console.error;
+  const logged = [];
+  console.error = (e) => logged.push(e);
+  t.after(() => { console.error = original; });
+  fw.subscribe("k:1", (c) => order.push(["invalidate", c]));
+  fw.onLapse(() => { throw new Error("boom"); });
+  const off = fw.onLapse((l) => order.push(["lapse", l]));
+  fw.on("lapse", (l) => order.push(["on", l.reason]));
+  const lapse = { type: "lapse", reason: "replica_lag", keys: ["k:1"], version: V(3), extra: 1 };
+  ws().push({ type: "invalidate", keys: { "k:1": V(3) } });
+  ws().push(lapse);
+  assert.deepEqual(order, [["invalidate", { "k:1": V(3) }], ["lapse", lapse], ["on", "replica_lag"]]);
+  assert.equal(logged.length, 1, "the throw was reported");
+  off();
+  ws().push({ ...lapse, reason: "flush" });
+  assert.deepEqual(order.slice(3), [["on", "flush"]]);
+  assert.equal(fw.state, "open");
+  assert.throws(() => fw.onLapse("nope"), TypeError);
+});
+
+test("lagMs: the age of the oldest invalidation whose listener's promise is pending; 0 when none", async (t) => {
+  const { fw, ws } = await setupOpen(t);
+  const original = console.error;
+  const logged = [];
+  console.error = (e) => logged.push(e);
+  t.after(() => { console.error = original; });
+  const settle = [];
+  fw.subscribe("slow:1", () => new Promise((resolve, reject) => settle.push({ resolve, reject })));
+  fw.subscribe("sync:1", () => 42);                  // done when it returns
+  assert.equal(fw.lagMs(), 0);
+  ws().push({ type: "invalidate", keys: { "sync:1": V(1) } });
+  assert.equal(fw.lagMs(), 0, "a listener that returns no promise is done");
+  ws().push({ type: "invalidate", keys: { "slow:1": V(1) } });
+  await sleep(60);
+  ws().push({ type: "invalidate", keys: { "slow:1": V(2) } });
+  assert.ok(fw.lagMs() >= 55, `the first waits since 60 ms (${fw.lagMs()})`);
+  settle[0].resolve();
+  await tick();
+  const lag = fw.lagMs();
+  assert.ok(lag < 55, `now the second, younger one is the oldest (${lag})`);
+  settle[1].reject(new Error("refetch failed"));
+  await tick();
+  assert.equal(fw.lagMs(), 0, "a rejected promise is done too");
+  assert.equal(logged.length, 1, "and its rejection is reported");
+});
+
+test("lagMs counts an invalidation until every promise of its listeners settled (subscribers and the invalidate event)", async (t) => {
+  const { fw, ws } = await setupOpen(t);
+  let a, b;
+  fw.subscribe("k:1", () => new Promise((r) => { a = r; }));
+  fw.on("invalidate", () => new Promise((r) => { b = r; }));
+  ws().push({ type: "invalidate", keys: { "k:1": V(1) } });
+  await sleep(20);
+  assert.ok(fw.lagMs() >= 15);
+  a();
+  await tick();
+  assert.ok(fw.lagMs() >= 15, "the invalidate event's listener is still busy");
+  b();
+  await tick();
+  assert.equal(fw.lagMs(), 0);
+});
+
 test("heartbeat: a connection that stays silent is dropped and resumed", async (t) => {
   const { fw, ws, instances } = await setupOpen(t, { pingIntervalMs: 15 });
   await waitFor(() => ws().frames("ping").length === 1, 1000, "a ping");

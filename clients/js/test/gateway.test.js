@@ -52,8 +52,8 @@ async function gateway(t, args = []) {
   return {
     url: `ws://127.0.0.1:${port}/ws`,
     token: async (patterns = ["*"]) => (await fetch(`${base}/test/token?patterns=${encodeURIComponent(patterns.join(","))}`)).text(),
-    release: async (version, keys) => {
-      const r = await fetch(`${base}/test/release`, { method: "POST", body: JSON.stringify({ version, keys }) });
+    release: async (version, keys, lapse) => {
+      const r = await fetch(`${base}/test/release`, { method: "POST", body: JSON.stringify({ version, keys, lapse }) });
       assert.equal(r.status, 200);
     },
     state: async () => (await fetch(`${base}/test/state`)).json(),
@@ -185,6 +185,46 @@ if (typeof globalThis.WebSocket !== "function") {
     assert.deepEqual([...(await held(gw))].sort(), okKeys.slice(0, 1000).sort());
     assert.deepEqual(states, ["connecting", "open"]);
     await deliverEach(gw, okKeys.slice(0, 1000), got, V(13));
+  });
+
+  test("a lapse reaches every onLapse listener after the invalidate it concerns; a throwing listener stops no other", { timeout: TEST_TIMEOUT_MS }, async (t) => {
+    const gw = await gateway(t);
+    const { fw, states } = await client(t, gw);
+    const original = console.error;
+    const reported = [];
+    console.error = (e) => reported.push(e);
+    t.after(() => { console.error = original; });
+    const log = [];
+    const off = fw.subscribe(["lapse:1", "lapse:2"], (c) => log.push(["invalidate", c]));
+    await off.ready;
+    fw.onLapse(() => { throw new Error("boom"); });
+    fw.onLapse((l) => log.push(["lapse", l]));
+    await gw.release(V(21), ["lapse:1", "other:1"], "replica_lag");
+    await waitFor(() => log.length >= 2, 5000, "the lapse");
+    assert.deepEqual(log, [
+      ["invalidate", { "lapse:1": V(21) }],
+      ["lapse", { type: "lapse", reason: "replica_lag", keys: ["lapse:1"], version: V(21) }],
+    ], "after its invalidate, naming only this connection's keys");
+    assert.equal(reported.length, 1, "the throwing listener was reported");
+    await gw.release(V(22), ["lapse:2"], "flush");                    // the client goes on
+    await waitFor(() => log.length >= 4, 5000, "the second lapse");
+    assert.deepEqual(log.slice(2).map(([kind, x]) => (kind === "lapse" ? x.reason : x)), [{ "lapse:2": V(22) }, "flush"]);
+    assert.deepEqual(states, ["connecting", "open"], "no reconnect");
+    assert.equal(fw.lagMs(), 0, "listeners returned no promise: nothing waits");
+  });
+
+  test("lagMs against a real gateway: an invalidation whose listener is still busy counts until it settles", { timeout: TEST_TIMEOUT_MS }, async (t) => {
+    const gw = await gateway(t);
+    const { fw } = await client(t, gw);
+    let finish = null;
+    const off = fw.subscribe(["busy:1"], () => new Promise((r) => { finish = r; }));
+    await off.ready;
+    await gw.release(V(31), ["busy:1"]);
+    await waitFor(() => finish !== null, 5000, "the invalidation");
+    await sleep(100);
+    assert.ok(fw.lagMs() >= 95, `waiting since 100 ms (${fw.lagMs()})`);
+    finish();
+    await waitFor(() => fw.lagMs() === 0, 1000, "lag back to 0");
   });
 
   test("a gateway stricter than documented (5 frames/s): dropped frames are re-sent until every key is live", { timeout: TEST_TIMEOUT_MS }, async (t) => {

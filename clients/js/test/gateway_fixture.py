@@ -4,7 +4,8 @@ uvicorn serves `gateway.app.create_app` with the in-memory backend on a free 127
 three test-only routes:
 
 - `GET /test/token?patterns=a:*,b` -> a token for those key patterns;
-- `POST /test/release` `{"version": "<16 hex>", "keys": [...]}` -> the backend releases a change;
+- `POST /test/release` `{"version": "<16 hex>", "keys": [...], "lapse"?: "replica_lag"}` -> the backend
+  releases a change (with `lapse`: its subscribers are then told that guarantee lapsed);
 - `GET /test/state` -> `{"sessions": [[key, ...], ...], "rate_limited": n, "closes": {code: n}}`.
 
 Prints `READY <port>` on stdout once serving. Exits when stdin closes (the test process went away),
@@ -53,7 +54,7 @@ def build(settings: GatewaySettings) -> tuple[Any, MemoryBackend]:
 
     async def release(request: Request) -> Response:
         body = await request.json()
-        backend.release(str(body["version"]), [str(k) for k in body["keys"]])
+        backend.release(str(body["version"]), [str(k) for k in body["keys"]], lapse=str(body.get("lapse") or ""))
         return JSONResponse({"ok": True})
 
     async def current(_request: Request) -> Response:
