@@ -1,5 +1,5 @@
-"""The gateway's Starlette app: /ws, /v1/versions, /healthz, /readyz, /metrics, and the pump that
-moves released batches from the backend into the hub."""
+"""The gateway's Starlette app: /ws, /v1/versions, /v1/wait, /v1/watermark, /healthz, /readyz,
+/metrics, and the lifespan that runs the pump (gateway/pump.py) and the token verifier."""
 
 from __future__ import annotations
 
@@ -22,7 +22,6 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from cdc.keys import valid_key
-from cdc.redis_layout import Published
 from gateway import errors as E
 from gateway import protocol
 from gateway.auth import Verifier, token_from
@@ -35,81 +34,7 @@ from gateway.tokens import parse_token
 from gateway.ws import endpoint
 
 log = logging.getLogger(__name__)
-PUMP_RESTART_S = 0.5
 WS_PATH = "/ws"
-MAX_GATHER = 1000  # released batches handed to the hub in one pass at most
-
-
-async def resync(state: GatewayState) -> None:
-    """After a backend break: re-read every subscribed key and offer what clients missed."""
-    state.metrics.resyncs.inc()
-    keys = state.hub.keys()
-    chunk = state.settings.resync_chunk
-    for i in range(0, len(keys), chunk):
-        versions = await state.backend.read_versions(keys[i:i + chunk])
-        for key, version in versions.items():
-            if version is not None:
-                state.hub.offer(key, version, 0)
-    state.advance_watermark(await state.backend.watermark())
-    # Live delivery was interrupted: the versions above are re-read, and every client is told so.
-    state.metrics.lapses.labels("resync").inc()
-    state.hub.lapse("resync", state.hub.watermark, everyone=True)
-    await state.awaits.recheck(state.backend)
-
-
-def release(state: GatewayState, events: list[Published]) -> None:
-    """Hand released batches to the hub, then move the watermark and answer awaits, in release order."""
-    if not events:
-        return
-    try:
-        state.hub.deliver_many(events)
-        for event in events:
-            state.advance_watermark(event.watermark)
-            if event.lapse:
-                state.metrics.lapses.labels(event.lapse).inc()
-                state.hub.lapse(event.lapse, event.version, event.keys, event.prefixes)
-            if event.tx_id:
-                state.awaits.resolve(event.tx_id, event.version)
-    except Exception as exc:  # also runs as a loop callback: make a failure visible, as in the pump
-        state.pump_alive = False
-        state.pump_error = repr(exc)
-        log.exception("release failed")
-    finally:
-        events.clear()
-
-
-async def pump(state: GatewayState) -> None:
-    """Supervised: a crash is logged, fails readiness, and the pump restarts.
-
-    Batches that arrive together (the backend yields them without suspending while they are buffered)
-    are gathered and handed to the hub in one pass once the pump waits again, at most MAX_GATHER at
-    a time: under a burst, fan-out costs once per burst instead of once per batch, and the writers
-    are not starved by a pump that never yields.
-    """
-    loop = asyncio.get_running_loop()
-    gathered: list[Published] = []
-    while True:
-        try:
-            state.pump_alive = True
-            async for event in state.backend.events():
-                if not isinstance(event, Published):
-                    release(state, gathered)
-                    await resync(state)
-                    continue
-                if not gathered:
-                    loop.call_soon(release, state, gathered)
-                gathered.append(event)
-                if len(gathered) >= MAX_GATHER:
-                    release(state, gathered)  # the scheduled call then finds nothing, or the next burst
-        except asyncio.CancelledError:
-            raise
-        except BackendUnavailable as exc:
-            log.warning("resync failed, retrying: %s", exc)
-        except Exception as exc:
-            state.pump_alive = False
-            state.pump_error = repr(exc)
-            log.exception("pump crashed; restarting")
-        await asyncio.sleep(PUMP_RESTART_S)
 
 
 def _err(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
@@ -186,7 +111,7 @@ async def wait(request: Request) -> Response:
 
 async def watermark(request: Request) -> Response:
     state: GatewayState = request.app.state.fw
-    return JSONResponse({"watermark": state.hub.watermark})
+    return JSONResponse({"watermark": state.pump.watermark.value})
 
 
 CLIENT_JS = Path(__file__).resolve().parent.parent / "clients" / "js" / "freshwire.js"
@@ -203,18 +128,18 @@ async def healthz(_request: Request) -> Response:
 
 async def readyz(request: Request) -> Response:
     state: GatewayState = request.app.state.fw
-    stall = time.monotonic() - state.watermark_moved_at
+    stall = time.monotonic() - state.pump.watermark.moved_at
     limit = state.settings.max_stream_stall_s
     stream_ok = limit <= 0 or stall <= limit
     auth = state.verifier.problem()
-    ready = state.backend.healthy and state.pump_alive and stream_ok and auth is None
+    ready = state.backend.healthy and state.pump.alive and stream_ok and auth is None
     body = {
         "status": "ready" if ready else "not ready",
         "backend": "ok" if state.backend.healthy else "unreachable",
         "auth": auth or "ok",
-        "pump": "running" if state.pump_alive else f"crashed: {state.pump_error}",
+        "pump": "running" if state.pump.alive else f"crashed: {state.pump.error}",
         "stream": "moving" if stream_ok else f"watermark still for {stall:.0f}s (limit {limit:g}s)",
-        "watermark": state.hub.watermark,
+        "watermark": state.pump.watermark.value,
         "watermark_age_s": round(stall, 3),
         "connections": len(state.hub.sessions),
     }
@@ -253,7 +178,7 @@ def create_app(settings: GatewaySettings | None = None, backend: Backend | None 
         app.state.fw = state
         await state.backend.start()
         await state.verifier.start()  # JWKS keys fetched in the background, never on the loop
-        task = asyncio.create_task(pump(state), name="pump")
+        task = asyncio.create_task(state.pump.run(), name="pump")
         log.info("gateway up, backend %s", type(state.backend).__name__)
         try:
             yield

@@ -17,7 +17,6 @@ class Hub:
     def __init__(self) -> None:
         self.index: dict[str, set[Session]] = {}
         self.sessions: set[Session] = set()
-        self.watermark: str | None = None
         self.deliveries = 0
         self._coalesced_closed = 0  # coalescing done for connections that have since closed
 
@@ -45,13 +44,6 @@ class Hub:
     @property
     def coalesced(self) -> int:
         return self._coalesced_closed + sum(s.coalesced for s in self.sessions)
-
-    def advance_watermark(self, watermark: str | None) -> bool:
-        """Move the watermark forward only; True if it moved."""
-        if watermark is None or (self.watermark is not None and watermark <= self.watermark):
-            return False
-        self.watermark = watermark
-        return True
 
     @property
     def subscriptions(self) -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 from gateway.auth import Verifier
@@ -10,6 +9,7 @@ from gateway.awaits import Awaits
 from gateway.backend import Backend
 from gateway.hub import Hub
 from gateway.metrics import GatewayMetrics
+from gateway.pump import Pump
 from gateway.settings import GatewaySettings
 
 
@@ -21,14 +21,9 @@ class GatewayState:
     hub: Hub = field(default_factory=Hub)
     metrics: GatewayMetrics = field(init=False)
     awaits: Awaits = field(init=False)
-    pump_alive: bool = False
-    pump_error: str | None = None
-    watermark_moved_at: float = field(default_factory=time.monotonic)  # start counts as a move
+    pump: Pump = field(init=False)
 
     def __post_init__(self) -> None:
         self.metrics = GatewayMetrics(self.hub)
         self.awaits = Awaits(self.settings.max_awaits)
-
-    def advance_watermark(self, watermark: str | None) -> None:
-        if self.hub.advance_watermark(watermark):
-            self.watermark_moved_at = time.monotonic()
+        self.pump = Pump(self.backend, self.hub, self.awaits, self.metrics, self.settings.resync_chunk)

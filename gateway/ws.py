@@ -212,10 +212,10 @@ class Connection:
     async def _await(self, request: protocol.Await, tx_id: str) -> None:
         """Runs beside the reader, so a pending await never delays other requests. A reply that does
         not fit the reply queue (ControlOverflow) closes the connection with 4008 (_supervise)."""
-        hub = self.state.hub
+        watermark = self.state.pump.watermark
         try:
             version = await self.state.awaits.wait(self.state.backend, tx_id, request.timeout_ms / 1000,
-                                                   delivered=lambda: hub.watermark)
+                                                   delivered=lambda: watermark.value)
         except TooManyAwaits:
             self._error(ProtocolError(E.TOO_MANY_AWAITS, "too many pending awaits, retry", request.id))
             return

@@ -141,7 +141,7 @@ def gateway_factory() -> Iterator[Callable[..., Gateway]]:
         client.__enter__()
         clients.append(client)
         gw = Gateway(client, backend, s)
-        gw.wait(lambda: gw.state.pump_alive)
+        gw.wait(lambda: gw.state.pump.alive)
         return gw
 
     yield make

@@ -97,7 +97,7 @@ def test_http_wait_errors(gw: Gateway) -> None:
 
 def test_http_watermark(gw: Gateway) -> None:
     gw.release(ver(12), ["a"])
-    gw.wait(lambda: gw.state.hub.watermark == ver(12))
+    gw.wait(lambda: gw.state.pump.watermark.value == ver(12))
     assert gw.client.get("/v1/watermark").json() == {"watermark": ver(12)}
 
 

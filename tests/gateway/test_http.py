@@ -94,7 +94,7 @@ def test_healthz_ok(gw: Gateway) -> None:
 
 def test_readyz_200_when_ready(gw: Gateway) -> None:
     gw.release(ver(9), ["a"])
-    gw.wait(lambda: gw.state.hub.watermark == ver(9))
+    gw.wait(lambda: gw.state.pump.watermark.value == ver(9))
     r = gw.client.get("/readyz")
     assert r.status_code == 200
     body = r.json()
@@ -105,7 +105,7 @@ def test_readyz_200_when_ready(gw: Gateway) -> None:
 
 def test_readyz_503_when_the_stream_stalls(gw: Gateway) -> None:
     """A watermark that stopped moving (Debezium heartbeats move it every second) fails readiness."""
-    gw.state.watermark_moved_at -= 3600
+    gw.state.pump.watermark.moved_at -= 3600
     r = gw.client.get("/readyz")
     assert r.status_code == 503
     assert r.json()["stream"].startswith("watermark still for")

@@ -44,9 +44,12 @@ def test_hub_metrics_read_from_the_hub_at_scrape() -> None:
     assert "freshwire_gateway_deliveries_total 2.0" in text
 
 
-def test_hub_watermark_only_moves_forward() -> None:
-    hub = Hub()
-    assert hub.advance_watermark("0000000000000002")
-    assert not hub.advance_watermark("0000000000000001")
-    assert not hub.advance_watermark(None)
-    assert hub.watermark == "0000000000000002"
+def test_pump_watermark_only_moves_forward() -> None:
+    from gateway.pump import Watermark
+
+    watermark = Watermark()
+    assert watermark.advance("0000000000000002")
+    moved = watermark.moved_at
+    assert not watermark.advance("0000000000000001")
+    assert not watermark.advance(None)
+    assert watermark.value == "0000000000000002" and watermark.moved_at == moved
