@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from jwt.algorithms import RSAAlgorithm
 from starlette.requests import HTTPConnection
 
-from gateway.errors import AuthError, SettingsError
+from gateway.errors import REASON_TOKEN_EXPIRED, AuthError, SettingsError
 from gateway.jwks import Fetch, JwksError, JwksRefresher, JwksTiming, fetch_jwks, parse_jwks
 from gateway.settings import GatewaySettings
 
@@ -147,7 +147,7 @@ class Verifier:
                 break
             # Past the signature check: this key is the right one, and the claims are wrong.
             except jwt.ExpiredSignatureError:
-                raise AuthError("token expired") from None
+                raise AuthError(REASON_TOKEN_EXPIRED) from None
             except jwt.InvalidAudienceError:
                 raise AuthError(WRONG_AUDIENCE) from None
             except jwt.InvalidIssuerError:
@@ -169,7 +169,7 @@ class Verifier:
         except (OverflowError, TypeError, ValueError):  # PyJWT accepts any int, e.g. 10**400
             raise AuthError("exp must be a number of seconds") from None
         if expires <= (now if now is not None else time.time()):
-            raise AuthError("token expired")
+            raise AuthError(REASON_TOKEN_EXPIRED)
         return Grant(subject=str(claims.get("sub", "")), patterns=tuple(patterns), expires_at=expires)
 
 

@@ -56,3 +56,10 @@ class AuthError(Exception):
 
 class SettingsError(ValueError):
     """A FRESHWIRE_* setting is missing or malformed; the message names it."""
+
+
+# Close reasons sent with the codes above (the text after the code in the close frame).
+REASON_TOKEN_EXPIRED: Final = "token expired"
+REASON_RATE: Final = "rate limit exceeded"
+REASON_OVER_CAPACITY: Final = "over capacity"
+REASON_INTERNAL: Final = "internal error"

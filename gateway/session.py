@@ -13,6 +13,7 @@ Guarantees, per connection:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Literal
 
 from gateway import protocol
 
@@ -158,3 +159,22 @@ class TokenBucket:
             self.tokens -= 1
             return True
         return False
+
+
+class RateGuard:
+    """The inbound rate limit of one connection, pure: each frame is admitted, refused with
+    `rate_limited` ("limited"), or, past `max_strikes` refusals in a row, closes the connection."""
+
+    __slots__ = ("bucket", "max_strikes", "strikes")
+
+    def __init__(self, rate: float, max_strikes: int, now: float) -> None:
+        self.bucket = TokenBucket(rate, now)
+        self.max_strikes = max_strikes
+        self.strikes = 0
+
+    def admit(self, now: float) -> Literal["ok", "limited", "close"]:
+        if self.bucket.take(now):
+            self.strikes = 0
+            return "ok"
+        self.strikes += 1
+        return "close" if self.strikes > self.max_strikes else "limited"

@@ -7,6 +7,7 @@ import contextlib
 import itertools
 import logging
 import time
+from dataclasses import dataclass
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
@@ -16,7 +17,7 @@ from gateway.auth import Grant, token_from
 from gateway.awaits import TooManyAwaits
 from gateway.backend import BackendUnavailable
 from gateway.errors import AuthError, ProtocolError
-from gateway.session import ControlOverflow, Session, TokenBucket
+from gateway.session import ControlOverflow, RateGuard, Session
 from gateway.state import GatewayState
 from gateway.tokens import parse_token
 
@@ -40,7 +41,7 @@ async def endpoint(ws: WebSocket) -> None:
         await _close(ws, state, E.CLOSE_AUTH, exc.reason)
         return
     if len(state.hub.sessions) >= state.settings.max_connections:
-        await _close(ws, state, E.CLOSE_OVER_CAPACITY, "over capacity")
+        await _close(ws, state, E.CLOSE_OVER_CAPACITY, E.REASON_OVER_CAPACITY)
         return
     wake = Wake()
     session = Session(f"c{next(_ids)}", state.settings.control_queue, wake.set)
@@ -80,17 +81,23 @@ class Wake:
         self._set = False
 
 
+@dataclass(frozen=True, slots=True)
+class Ending:
+    """A connection on its way out: the close to send, and the task sending it beside the reader
+    (None: run() sends it once the reader stops). Like Starlette's WebSocketState, one value."""
+
+    code: int
+    reason: str
+    sending: asyncio.Task[None] | None = None
+
+
 class Connection:
-    __slots__ = ("awaits", "bucket", "close_code", "closed", "closing", "grant", "session", "state", "strikes",
-                 "wake", "ws")
+    __slots__ = ("awaits", "ending", "grant", "rate", "session", "state", "wake", "ws")
 
     def __init__(self, ws: WebSocket, state: GatewayState, session: Session, wake: Wake, grant: Grant) -> None:
         self.ws, self.state, self.session, self.wake, self.grant = ws, state, session, wake, grant
-        self.bucket = TokenBucket(state.settings.max_messages_per_s, time.monotonic())
-        self.strikes = 0
-        self.close_code: tuple[int, str] | None = None
-        self.closed = False  # the close frame was already sent (at token expiry)
-        self.closing: asyncio.Task[None] | None = None
+        self.rate = RateGuard(state.settings.max_messages_per_s, state.settings.max_rate_strikes, time.monotonic())
+        self.ending: Ending | None = None  # None while open: the lifecycle is this one field
         self.awaits: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
@@ -104,7 +111,7 @@ class Connection:
         except (WebSocketDisconnect, RuntimeError):
             pass
         except ControlOverflow as exc:
-            self.close_code = (E.CLOSE_POLICY, str(exc))
+            self._end(E.CLOSE_POLICY, str(exc))
         finally:
             expiry.cancel()
             writer.cancel()
@@ -112,23 +119,27 @@ class Connection:
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await writer
-            if self.closing is not None:
+            ending = self.ending
+            if ending is not None and ending.sending is not None:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await self.closing
-            if self.close_code is not None and not self.closed:
-                await _close(self.ws, self.state, *self.close_code)
+                    await ending.sending
+            elif ending is not None:
+                await _close(self.ws, self.state, ending.code, ending.reason)
 
     def _expire(self) -> None:
-        self._close_now(E.CLOSE_AUTH, "token expired")
+        self._close_now(E.CLOSE_AUTH, E.REASON_TOKEN_EXPIRED)
+
+    def _end(self, code: int, reason: str) -> None:
+        """Decide to close, from the reader: run() sends the close once the reader stops."""
+        if self.ending is None:
+            self.ending = Ending(code, reason)
 
     def _close_now(self, code: int, reason: str) -> None:
         """Close from beside the reader (which then sees the disconnect); the first reason wins."""
-        if self.closed:
+        if self.ending is not None and self.ending.sending is not None:
             return
-        self.close_code = (code, reason)
-        self.closed = True
-        self.closing = asyncio.create_task(_close(self.ws, self.state, code, reason),
-                                           name=f"close-{self.session.conn_id}")
+        task = asyncio.create_task(_close(self.ws, self.state, code, reason), name=f"close-{self.session.conn_id}")
+        self.ending = Ending(code, reason, task)
 
     def _supervise(self, task: asyncio.Task[None]) -> None:
         """A background task of this connection (its writer, an await) that died of an error: logged
@@ -145,7 +156,7 @@ class Connection:
         log.error("[%s] %s failed; closing with %s", self.session.conn_id, task.get_name(), E.CLOSE_INTERNAL,
                   exc_info=exc)
         self.state.metrics.task_failures.labels(task.get_name().split("-", 1)[0]).inc()
-        self._close_now(E.CLOSE_INTERNAL, "internal error")
+        self._close_now(E.CLOSE_INTERNAL, E.REASON_INTERNAL)
 
     async def _writer(self) -> None:
         while True:
@@ -162,18 +173,17 @@ class Connection:
 
     async def _reader(self) -> None:
         settings = self.state.settings
-        while self.close_code is None:
+        while self.ending is None:
             message = await self.ws.receive()
             if message["type"] == "websocket.disconnect":
                 return
-            if not self.bucket.take(time.monotonic()):  # every frame counts, binary ones too
-                self.strikes += 1
-                if self.strikes > settings.max_rate_strikes:
-                    self.close_code = (E.CLOSE_POLICY, "rate limit exceeded")
-                    return
+            verdict = self.rate.admit(time.monotonic())  # every frame counts, binary ones too
+            if verdict == "close":
+                self._end(E.CLOSE_POLICY, E.REASON_RATE)
+                return
+            if verdict == "limited":
                 self._error(ProtocolError(E.RATE_LIMITED, f"at most {settings.max_messages_per_s:g} messages/s"))
                 continue
-            self.strikes = 0
             text = message.get("text")
             if text is None:
                 self._error(ProtocolError(E.BINARY_UNSUPPORTED, "send JSON text frames"))

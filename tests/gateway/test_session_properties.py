@@ -291,3 +291,14 @@ def test_session_no_invalidate_older_than_the_subscribed_reply() -> None:
         model.apply(operation)
     model.settle()
     assert model.view["a"] == ver(2)
+
+
+def test_rate_guard_limits_then_closes_after_max_strikes_in_a_row() -> None:
+    from gateway.session import RateGuard
+
+    guard = RateGuard(rate=1, max_strikes=2, now=0.0)
+    assert [guard.admit(0.0) for _ in range(2)] == ["ok", "ok"]      # the burst of twice the rate
+    assert [guard.admit(0.0) for _ in range(3)] == ["limited", "limited", "close"]
+    recovered = RateGuard(rate=1, max_strikes=2, now=0.0)
+    assert [recovered.admit(0.0) for _ in range(4)] == ["ok", "ok", "limited", "limited"]
+    assert recovered.admit(1.0) == "ok" and recovered.strikes == 0  # an admitted frame resets the strikes
