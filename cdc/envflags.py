@@ -8,7 +8,7 @@ import argparse
 import os
 from collections.abc import Mapping
 from dataclasses import fields
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
 T = TypeVar("T")
 
@@ -40,13 +40,27 @@ def parser_for(cls: type[Any], prefix: str, help: Mapping[str, str], prog: str, 
     return parser
 
 
+def values(cls: type[Any], prefix: str, raw: Mapping[str, str | None], error: type[Exception],
+           environ: Mapping[str, str] | None = None) -> dict[str, object]:
+    """Each field's value from `raw` (flags) or else the environment, coerced to the field's type; a
+    `Literal[...]` field must be one of its choices. Fields given nowhere keep their defaults."""
+    env = os.environ if environ is None else environ
+    hints = get_type_hints(cls)
+    found: dict[str, object] = {}
+    for f in fields(cls):
+        name = env_name(prefix, f.name)
+        value = raw.get(f.name)
+        if value is None:
+            value = env.get(name)
+        if value is None or value == "":
+            continue
+        choices = get_args(hints[f.name]) if get_origin(hints[f.name]) is Literal else ()
+        if choices and value not in choices:
+            raise error(f"{name} must be one of {', '.join(map(str, choices))}, got {value!r}")
+        found[f.name] = _coerce(type(f.default), value, name, error)
+    return found
+
+
 def load(cls: type[T], prefix: str, parser: argparse.ArgumentParser, argv: list[str] | None,
          error: type[Exception], environ: Mapping[str, str] | None = None) -> T:
-    env = os.environ if environ is None else environ
-    args = vars(parser.parse_args(argv))
-    values: dict[str, object] = {}
-    for f in fields(cls):  # type: ignore[arg-type]
-        raw = args[f.name] if args[f.name] is not None else env.get(env_name(prefix, f.name))
-        if raw is not None and raw != "":
-            values[f.name] = _coerce(type(f.default), raw, env_name(prefix, f.name), error)
-    return cls(**values)
+    return cls(**values(cls, prefix, vars(parser.parse_args(argv)), error, environ))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from cdc import envflags
 from cdc.errors import SettingsError
@@ -30,7 +31,7 @@ class Settings:
     replica_dsns: str = ""
     replica_poll_ms: float = 5.0
     max_hold_ms: float = 5000.0
-    hold_policy: str = "release"
+    hold_policy: Literal["release", "hold"] = "release"
     connect_url: str = ""
     connector_name: str = "freshwire-postgres"
     connect_poll_s: float = 2.0
@@ -86,7 +87,4 @@ def env_name(field_name: str) -> str:
 def load_settings(argv: list[str] | None = None) -> Settings:
     parser = envflags.parser_for(Settings, PREFIX, HELP, "python -m cdc",
                                  "Freshwire's consumer: Debezium change events in, exact invalidations out.")
-    settings = envflags.load(Settings, PREFIX, parser, argv, SettingsError)
-    if settings.hold_policy not in ("release", "hold"):
-        raise SettingsError(f"FRESHWIRE_HOLD_POLICY must be 'release' or 'hold', got {settings.hold_policy!r}")
-    return settings
+    return envflags.load(Settings, PREFIX, parser, argv, SettingsError)

@@ -4,9 +4,9 @@ loaded once into a frozen object; a malformed value fails at start with its name
 from __future__ import annotations
 
 import math
-import os
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 
+from cdc import envflags
 from gateway.errors import SettingsError
 
 
@@ -47,30 +47,10 @@ JWKS_TIMING = ("jwks_timeout_s", "jwks_refresh_s", "jwks_retry_s", "jwks_unknown
 DEV_SECRET = "freshwire-dev-secret-change-me-in-production"
 
 
-def _coerce(name: str, kind: type, raw: str) -> object:
-    if kind is bool:
-        if raw.lower() in ("1", "true", "yes", "on"):
-            return True
-        if raw.lower() in ("0", "false", "no", "off", ""):
-            return False
-        raise SettingsError(f"FRESHWIRE_{name.upper()} must be true or false, got {raw!r}")
-    try:
-        return kind(raw)
-    except ValueError:
-        raise SettingsError(f"FRESHWIRE_{name.upper()} must be {kind.__name__}, got {raw!r}") from None
-
-
 def load_gateway_settings(overrides: dict[str, str] | None = None) -> GatewaySettings:
     """Environment first, then `overrides` (command-line flags), field by field."""
-    base = GatewaySettings()
-    values: dict[str, object] = {}
-    for f in fields(GatewaySettings):
-        raw = (overrides or {}).get(f.name)
-        if raw is None:
-            raw = os.environ.get("FRESHWIRE_" + f.name.upper())
-        if raw is not None:
-            values[f.name] = _coerce(f.name, type(getattr(base, f.name)), raw)
-    settings = replace(base, **values)  # type: ignore[arg-type]
+    settings = GatewaySettings(**envflags.values(GatewaySettings, "FRESHWIRE_", overrides or {},  # type: ignore[arg-type]
+                                                 SettingsError))
     if not (settings.jwt_secret or settings.jwt_public_key_file or settings.jwks_file or settings.jwks_url):
         raise SettingsError("set FRESHWIRE_JWT_SECRET (HS256) or FRESHWIRE_JWT_PUBLIC_KEY_FILE / "
                             "FRESHWIRE_JWKS_FILE / FRESHWIRE_JWKS_URL (RS256)")

@@ -18,3 +18,15 @@ def test_consumer_config_session_timeout_lets_a_restart_take_over_within_seconds
     config = consumer_config(Settings())
     assert int(config["session.timeout.ms"]) <= 10_000  # type: ignore[call-overload]
     assert int(config["heartbeat.interval.ms"]) * 3 <= int(config["session.timeout.ms"])  # type: ignore[call-overload]
+
+
+def test_settings_literal_choices_are_checked_with_the_variable_name() -> None:
+    """One loader (cdc/envflags.py) for every process: a Literal setting refuses other values by name."""
+    import pytest
+
+    from cdc.errors import SettingsError
+    from cdc.settings import load_settings
+
+    assert load_settings(["--hold-policy", "hold"]).hold_policy == "hold"
+    with pytest.raises(SettingsError, match="FRESHWIRE_HOLD_POLICY must be one of release, hold"):
+        load_settings(["--hold-policy", "sometimes"])
