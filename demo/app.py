@@ -5,7 +5,9 @@
 
 from __future__ import annotations
 
-import os
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +17,31 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from cdc import envflags
 from demo.store import COLUMNS, Conflict, Store
 from gateway.auth import mint
+from gateway.errors import SettingsError
+from gateway.settings import DEV_SECRET
 
 STATIC = Path(__file__).parent / "static"
 CLIENT_JS = Path(__file__).resolve().parent.parent / "clients" / "js" / "freshwire.js"
 MAX_TITLE, MAX_OWNER, MAX_IDEMPOTENCY_KEY = 200, 64, 128
 DEFAULT_DSN = "postgresql://app:app@127.0.0.1:15432/app"
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """FRESHWIRE_DEMO_DSN, FRESHWIRE_DEMO_READ_DSN, FRESHWIRE_DEMO_GATEWAY_WS, FRESHWIRE_JWT_SECRET:
+    loaded once by the same loader as every other process (cdc/envflags.py)."""
+
+    demo_dsn: str = DEFAULT_DSN
+    demo_read_dsn: str = ""  # empty: read from the primary
+    demo_gateway_ws: str = "ws://127.0.0.1:18080/ws"
+    jwt_secret: str = DEV_SECRET
+
+
+def load_demo_settings() -> DemoSettings:
+    return DemoSettings(**envflags.values(DemoSettings, "FRESHWIRE_", {}, SettingsError))  # type: ignore[arg-type]
 
 
 def _err(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
@@ -41,10 +61,19 @@ async def _json(request: Request) -> dict[str, Any] | None:
 
 
 def create_app(store: Store | None = None, gateway_ws: str | None = None, secret: str | None = None) -> Starlette:
-    write_dsn = os.environ.get("FRESHWIRE_DEMO_DSN", DEFAULT_DSN)
-    store = store or Store(write_dsn, os.environ.get("FRESHWIRE_DEMO_READ_DSN") or write_dsn)
-    gateway_ws = gateway_ws or os.environ.get("FRESHWIRE_DEMO_GATEWAY_WS", "ws://127.0.0.1:18080/ws")
-    secret = secret or os.environ.get("FRESHWIRE_JWT_SECRET", "freshwire-dev-secret-change-me-in-production")
+    settings = load_demo_settings()
+    store = store or Store(settings.demo_dsn, settings.demo_read_dsn or settings.demo_dsn)
+    gateway_ws = gateway_ws or settings.demo_gateway_ws
+    secret = secret or settings.jwt_secret
+    pools = store
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        await pools.open()
+        try:
+            yield
+        finally:
+            await pools.close()
 
     async def index(_request: Request) -> Response:
         return FileResponse(STATIC / "index.html")
@@ -60,16 +89,16 @@ def create_app(store: Store | None = None, gateway_ws: str | None = None, secret
 
     async def board(request: Request) -> Response:
         board_id = _int(request.path_params["board_id"])
-        found = store.board(board_id) if board_id is not None else None
+        found = await store.board(board_id) if board_id is not None else None
         return JSONResponse(found) if found else _err(404, "not_found", "no such board")
 
     async def index_(request: Request) -> Response:
         board_id = _int(request.path_params["board_id"])
-        return JSONResponse(store.index(board_id) if board_id is not None else [])
+        return JSONResponse(await store.index(board_id) if board_id is not None else [])
 
     async def card(request: Request) -> Response:
         card_id = _int(request.path_params["card_id"])
-        found = store.card(card_id) if card_id is not None else None
+        found = await store.card(card_id) if card_id is not None else None
         return JSONResponse(found) if found else _err(404, "not_found", "no such card")
 
     async def update_card(request: Request) -> Response:
@@ -91,7 +120,7 @@ def create_app(store: Store | None = None, gateway_ws: str | None = None, secret
         if not isinstance(key, str) or not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
             return _err(400, "bad_request", "idempotency_key: 1-128 characters, the same on every retry")
         try:
-            result = store.update_card(card_id, changes, expected, key)
+            result = await store.update_card(card_id, changes, expected, key)
         except Conflict as exc:
             return _err(409, "conflict", "Someone else changed this card first.", current=exc.current)
         return JSONResponse(result)
@@ -105,7 +134,7 @@ def create_app(store: Store | None = None, gateway_ws: str | None = None, secret
             return _err(400, "bad_request", "title: 1-200 characters")
         if owner is not None and (not isinstance(owner, str) or len(owner) > MAX_OWNER):
             return _err(400, "bad_request", "owner: up to 64 characters")
-        result = store.add_card(board_id, title, owner)
+        result = await store.add_card(board_id, title, owner)
         return JSONResponse(result) if result["card"] else _err(404, "not_found", "no such board")
 
     return Starlette(routes=[
@@ -118,4 +147,4 @@ def create_app(store: Store | None = None, gateway_ws: str | None = None, secret
         Route("/api/cards/{card_id}", card),
         Route("/api/cards/{card_id}", update_card, methods=["POST"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
-    ])
+    ], lifespan=lifespan)
