@@ -9,8 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from cdc.redis_layout import PrefixSet, Published
-from gateway import protocol
-from gateway.session import ControlOverflow, Session
+from gateway.session import Session
 
 
 class Hub:
@@ -106,8 +105,8 @@ class Hub:
               everyone: bool = False) -> int:
         """Tell each subscriber of `keys` (or of a key under `prefixes`; every session when `everyone`)
         that a guarantee lapsed for those of its keys, after the invalidations already queued for it.
-        Returns the number of sessions told. A session whose replies are full is closed by its own
-        connection (ControlOverflow at its next reply), so it is skipped here."""
+        Sessions merge lapses per reason (Session.lapse): bounded, and never a reply slot each.
+        Returns the number of sessions told."""
         affected: dict[Session, list[str]] = {}
         if everyone:
             affected = {s: list(s.known) for s in self.sessions if s.known}
@@ -116,11 +115,6 @@ class Hub:
             for key in [*keys, *(k for k in self.index if prefixes and released.covering(k))]:
                 for session in self.index.get(key, ()):
                     affected.setdefault(session, []).append(key)
-        told = 0
         for session, names in affected.items():
-            try:
-                session.control_after_pending(protocol.lapse(reason, sorted(set(names)), version))
-                told += 1
-            except ControlOverflow:
-                continue
-        return told
+            session.lapse(reason, names, version)
+        return len(affected)

@@ -28,7 +28,7 @@ def _newer(version: str, than: str | None) -> bool:
 
 class Session:
     # One per connection: slots, and a plain list for replies, keep it small.
-    __slots__ = ("coalesced", "conn_id", "control_limit", "controls", "held", "known", "oldest_commit_ms",
+    __slots__ = ("coalesced", "conn_id", "control_limit", "controls", "held", "known", "lapses", "oldest_commit_ms",
                  "pending", "taken_commit_ms", "trailing", "wake")
 
     def __init__(self, conn_id: str, control_limit: int = 64, wake: Callable[[], None] | None = None) -> None:
@@ -39,6 +39,7 @@ class Session:
         self.held: set[str] = set()              # subscriptions being set up
         self.controls: list[str] = []
         self.trailing: list[str] = []            # replies that must follow the invalidations pending now
+        self.lapses: dict[str, tuple[set[str], str | None]] = {}  # reason -> (keys, newest version), merged
         self.coalesced = 0
         self.oldest_commit_ms = 0   # commit time of the oldest change waiting in `pending`
         self.taken_commit_ms = 0    # the same for the invalidate frame last returned by take()
@@ -118,6 +119,20 @@ class Session:
         self.trailing.append(frame)
         self.wake()
 
+    def lapse(self, reason: str, keys: Iterable[str], version: str | None) -> None:
+        """A guarantee lapsed for these subscribed keys: merged per reason until the next write (so a
+        burst of lapses costs one frame per reason, never a reply slot each), and sent after the
+        invalidate of the same write."""
+        mine = {k for k in keys if k in self.known}
+        if not mine:
+            return
+        held, newest = self.lapses.get(reason, (set(), None))
+        held |= mine
+        if version is not None and (newest is None or version > newest):
+            newest = version
+        self.lapses[reason] = (held, newest)
+        self.wake()
+
     def take(self) -> list[str]:
         """Frames to write now: replies first, then one invalidate with every pending key not held, then
         the replies that had to wait for it."""
@@ -136,6 +151,10 @@ class Session:
         if self.trailing:
             frames.extend(self.trailing)
             self.trailing = []
+        if self.lapses:
+            frames.extend(protocol.lapse(reason, sorted(keys), version)
+                          for reason, (keys, version) in self.lapses.items())
+            self.lapses = {}
         return frames
 
     @property

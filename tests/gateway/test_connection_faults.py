@@ -172,3 +172,22 @@ async def test_connection_reader_yields_so_buffered_requests_are_answered() -> N
             await ws.send(json.dumps({"op": "ping", "id": rid}))
         replies = [json.loads(await asyncio.wait_for(ws.recv(), 5)) for _ in range(90)]
     assert [r.get("id") for r in replies] == list(range(1, 91))
+
+
+def test_session_lapses_merge_per_reason_and_never_overflow_the_replies() -> None:
+    """A burst of lapses (a replica that stalls, then releases many transactions past max_hold) costs
+    one frame per reason, after the invalidate, and never a reply slot each (it would close 4008)."""
+    s = Session("t", control_limit=3)
+    s.begin_subscribe(["a", "b"])
+    s.finish_subscribe(None, {"a": None, "b": None}, {}, None)
+    s.take()
+    for n in range(1, 201):
+        key = "a" if n % 2 else "b"
+        s.offer(key, ver(n))
+        s.lapse("replica_lag", [key, "not-mine"], ver(n))
+    s.lapse("resync", ["a"], ver(150))
+    frames = [json.loads(f) for f in s.take()]
+    assert [f["type"] for f in frames] == ["invalidate", "lapse", "lapse"]
+    assert frames[1] == {"type": "lapse", "reason": "replica_lag", "keys": ["a", "b"], "version": ver(200)}
+    assert frames[2]["reason"] == "resync" and frames[2]["keys"] == ["a"]
+    assert s.take() == []
