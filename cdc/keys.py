@@ -52,3 +52,12 @@ def encode_key(key: str) -> str:
     return "".join(c if c in _VALUE_SAFE or c in ":/=" else "".join(f"={b:02X}" for b in c.encode("utf-8",
                                                                                                    "surrogatepass"))
                    for c in key)
+
+
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def key_for(template: str, values: dict[str, object]) -> str:
+    """The key a rule template renders for these column values, as the consumer renders it: the
+    same on every side (clients/js `keyFor` is the same function). Raises KeyError for a missing value."""
+    return _PLACEHOLDER.sub(lambda m: encode_value(values[m[1]]), template)

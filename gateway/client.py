@@ -34,6 +34,7 @@ from typing import Any, Generic, Literal, TypeVar
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
+from cdc.keys import key_for as key_for  # re-exported: clients build keys as the consumer renders them
 from cdc.keys import valid_key
 from gateway import errors as E
 from gateway.protocol import SUBPROTOCOL, VERSION_RE

@@ -198,3 +198,8 @@ export declare class Freshwire {
 
 export declare function connect(url: string, options?: ConnectOptions): Freshwire;
 export default connect;
+
+/** One column value as it appears inside a key (the consumer's encoding: =XX per UTF-8 byte outside A-Z a-z 0-9 _ . @ + -). */
+export function encodeValue(value: string | number | boolean): string;
+/** The key a rule template renders for these values, exactly as the consumer renders it. */
+export function keyFor(template: string, values: Record<string, string | number | boolean>): string;

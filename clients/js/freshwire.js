@@ -36,6 +36,29 @@ const LAG_TRACKED = 10000;       // invalidations awaited by lagMs() at most (pa
 /** An error reply of the gateway (`code` from the protocol's error table) or a client-side failure
  *  (`disconnected`, `closed`, `timeout`; `too_many_keys` also when the client refuses keys past
  *  `maxSubscriptions` itself). `keys`: the keys a refused subscribe() lost. */
+const VALUE_SAFE = /^[A-Za-z0-9_.@+-]$/;
+
+/** One column value as it appears inside a key (cdc/keys.py encode_value): characters outside
+ *  A-Z a-z 0-9 _ . @ + - become =XX per UTF-8 byte; booleans are true/false. */
+export function encodeValue(value) {
+  const text = typeof value === "boolean" ? String(value) : String(value);
+  let out = "";
+  for (const ch of text) {
+    if (VALUE_SAFE.test(ch)) { out += ch; continue; }
+    for (const byte of new TextEncoder().encode(ch)) out += "=" + byte.toString(16).toUpperCase().padStart(2, "0");
+  }
+  return out;
+}
+
+/** The key a rule template renders for these column values, exactly as the consumer renders it
+ *  (cdc/keys.py key_for): keyFor("tenant:{tenant_id}:doc:{id}", {tenant_id: 7, id: "José"}). */
+export function keyFor(template, values) {
+  return template.replace(/\{([A-Za-z_][A-Za-z0-9_]*)\}/g, (_m, name) => {
+    if (!(name in values)) throw new Error(`keyFor: no value for {${name}}`);
+    return encodeValue(values[name]);
+  });
+}
+
 export class FreshwireError extends Error {
   constructor(code, message, frame, keys) {
     super(`${code}: ${message}`);
