@@ -17,6 +17,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,7 +29,10 @@ from cdc.metrics import Metrics
 from connectors.register import connector_config
 from connectors.stack_settings import StackSettings
 
-NAME, SLOT = "watch-probe", "watch_probe"
+# A name, topic prefix and slot of its own each run: Connect keeps a connector's source offsets after
+# it is deleted, and a new connector of the same name would resume from the old one's position.
+RUN = uuid.uuid4().hex[:8]
+NAME, SLOT, PREFIX = f"watch-probe-{RUN}", f"watch_probe_{RUN}", f"watchprobe{RUN}"
 MB = 1024 * 1024
 
 
@@ -62,7 +66,7 @@ def _until(predicate: Any, timeout_s: float, what: str) -> None:
 def failing_connector(stack_settings: StackSettings) -> Iterator[StackSettings]:
     s = stack_settings
     _name, config = connector_config(s.host, s.pg_port, overrides={
-        "slot.name": SLOT, "topic.prefix": "watchprobe", "errors.tolerance": "none", "heartbeat.interval.ms": "0",
+        "slot.name": SLOT, "topic.prefix": PREFIX, "errors.tolerance": "none", "heartbeat.interval.ms": "0",
         "table.include.list": "public\\.documents", "column.include.list": "public\\.documents\\.(id|body)"})
     for key in [k for k in config if k.startswith("transforms") or k == "heartbeat.action.query"]:
         config.pop(key)  # its own topics, no heartbeat writes: the probe touches nothing of the stack's
