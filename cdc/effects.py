@@ -14,6 +14,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from cdc.decode import MAX_RECORD_BYTES
 from cdc.errors import DecodeError
 from cdc.model import Batch
+from cdc.ops_record import OpsRecord, encode
 from cdc.redis_health import refusal
 from cdc.redis_layout import PREFIXES, RELEASE_LUA, VERSIONS, WATERMARK, hops_arg, release_args, tx_key
 from cdc.versions import is_version
@@ -91,19 +92,7 @@ class RedisRelease:
 
 
 def ops_record(batch: Batch) -> bytes:
-    body: dict[str, Any] = {
-        "version": batch.version,
-        "txId": batch.tx_id,
-        "commitTs": batch.commit_ts_ms,
-        "keys": list(batch.keys),
-        "prefixes": list(batch.prefixes),
-        "ops": batch.ops,
-    }
-    if batch.degraded:
-        body["degraded"] = True
-    if batch.missing:
-        body["missing"] = dict(batch.missing)
-    return json.dumps(body, separators=(",", ":")).encode()
+    return encode(OpsRecord.of(batch))
 
 
 # Broker, topics, producers and consumers share one record size limit (docs/cdc.md, "Limits").

@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
-from cdc.versions import is_version
+from cdc.ops_record import OpsRecord, OpsRecordError, decode, encode
 
 SIGNATURE_HEADER = "X-Freshwire-Signature"
 TIMESTAMP_HEADER = "X-Freshwire-Timestamp"
@@ -32,66 +30,12 @@ Action = Literal["done", "retry", "dead_letter"]
 DeadLetterCode = Literal["bad_record", "rejected", "exhausted"]
 
 
-class BadRecord(ValueError):
-    """An ops record that is not a batch we understand; it goes to the dead-letter topic unsent."""
-
-    retriable = False
-    code: DeadLetterCode = "bad_record"
-
-
-@dataclass(frozen=True)
-class Batch:
-    """One released transaction, as the cdc consumer wrote it to the ops topic."""
-
-    version: str
-    tx_id: str
-    commit_ts: int
-    keys: tuple[str, ...]
-    prefixes: tuple[str, ...]
-    ops: Mapping[str, Any]
-
-
-def _strings(name: str, value: object) -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise BadRecord(f"{name} must be a list of strings")
-    return tuple(value)
-
-
-def parse_record(value: bytes | None) -> Batch:
-    """The batch in an ops record's value; raises BadRecord if it is not one."""
-    if not value:
-        raise BadRecord("empty record")
-    try:
-        doc = json.loads(value)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRecord(f"not JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise BadRecord("not a JSON object")
-    version = doc.get("version")
-    if not is_version(version):
-        raise BadRecord(f"version must be 16 lowercase hex digits, got {version!r}")
-    tx_id, commit_ts, ops = doc.get("txId", ""), doc.get("commitTs", 0), doc.get("ops", {})
-    if not isinstance(tx_id, str | int) or isinstance(tx_id, bool):
-        raise BadRecord("txId must be a string")
-    if not isinstance(commit_ts, int) or isinstance(commit_ts, bool):
-        raise BadRecord("commitTs must be an integer (ms)")
-    if not isinstance(ops, dict):
-        raise BadRecord("ops must be an object")
-    return Batch(version=str(version), tx_id=str(tx_id), commit_ts=commit_ts,
-                 keys=_strings("keys", doc.get("keys", [])),
-                 prefixes=_strings("prefixes", doc.get("prefixes", [])), ops=ops)
-
-
-def request_body(batch: Batch) -> bytes:
-    """The POST body: compact JSON with the ops record's fields, identical for every attempt."""
-    return json.dumps({
-        "version": batch.version,
-        "txId": batch.tx_id,
-        "commitTs": batch.commit_ts,
-        "keys": list(batch.keys),
-        "prefixes": list(batch.prefixes),
-        "ops": dict(batch.ops),
-    }, separators=(",", ":"), ensure_ascii=False).encode()
+# The ops record is defined once, beside the consumer that writes it (cdc/ops_record.py): the sink reads
+# it and posts the same JSON, so the body is the same bytes for every attempt of one version.
+BadRecord = OpsRecordError
+Batch = OpsRecord
+parse_record = decode
+request_body = encode
 
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:

@@ -199,3 +199,17 @@ def test_sink_settings_defaults_and_flags_over_env() -> None:
 def test_sink_settings_errors_name_the_setting(env: dict[str, str], argv: list[str], named: str) -> None:
     with pytest.raises(SettingsError, match=named):
         load_settings(argv, env)
+
+
+def test_sink_core_ops_record_is_one_definition_for_writer_and_sink() -> None:
+    """#16: the consumer writes the ops record and the sink reads and posts it through cdc/ops_record.py."""
+    from cdc.effects import ops_record
+    from cdc.model import Batch as Released
+
+    released = Released(version="00000000019bb500", tx_id="966", commit_ts_ms=1795803066713, keys=("card:1",),
+                        prefixes=("tenant:7:card:",), ops={"public.cards": {"u": 50000}}, degraded=True,
+                        missing=(("public.documents", 1),))
+    written = ops_record(released)
+    batch = parse_record(written)
+    assert (batch.degraded, dict(batch.missing), batch.prefixes) == (True, {"public.documents": 1}, ("tenant:7:card:",))
+    assert request_body(batch) == written
