@@ -24,6 +24,7 @@ from cdc.errors import DecodeError
 from cdc.keyset import KeyLimits
 from cdc.metrics import Metrics
 from cdc.model import Batch
+from cdc.ports import InputConsumer, Outputs, Release
 from cdc.redis_health import store_was_emptied
 from cdc.replicas import HoldPolicy, ReplicaWatcher, decide
 from cdc.rules import Rules
@@ -59,16 +60,26 @@ def consumer_config(settings: Settings) -> dict[str, object]:
 
 
 class Pipeline:
-    def __init__(self, settings: Settings, rules: Rules, metrics: Metrics, stop: threading.Event) -> None:
+    """Consumes `settings.cdc_topic` until `stop` is set; `run()` closes everything.
+
+    `consumer`, `redis` and `outputs` default to the real ones built from `settings` (only those not
+    given are built: building them connects). An injected consumer reports its own commit results.
+    """
+
+    def __init__(self, settings: Settings, rules: Rules, metrics: Metrics, stop: threading.Event, *,
+                 consumer: InputConsumer | None = None, redis: Release | None = None,
+                 outputs: Outputs | None = None) -> None:
         self.settings = settings
         self.rules = rules
         self.metrics = metrics
         self.stop = stop
         self.assemblers: dict[int, Assembler] = {}
         self.limits = KeyLimits(settings.cdc_max_tx_keys, settings.cdc_max_tx_key_bytes, settings.cdc_max_tx_prefixes)
-        self.redis = RedisRelease(settings.redis_url)
-        self.outputs = KafkaOutputs(settings.kafka_bootstrap, settings.ops_topic, settings.dlq_topic)
-        self.consumer = Consumer({**consumer_config(settings), "on_commit": self._on_commit})
+        self.redis: Release = redis if redis is not None else RedisRelease(settings.redis_url)
+        self.outputs: Outputs = (outputs if outputs is not None else
+                                 KafkaOutputs(settings.kafka_bootstrap, settings.ops_topic, settings.dlq_topic))
+        self.consumer: InputConsumer = (consumer if consumer is not None else
+                                        Consumer({**consumer_config(settings), "on_commit": self._on_commit}))
         self._last_lag_check = 0.0
         self.replicas = ReplicaWatcher(settings.replicas, metrics) if settings.replicas else None
         self.slot = SlotMonitor(settings.primary_dsn, settings.slot_name, metrics) if settings.primary_dsn else None
@@ -77,7 +88,7 @@ class Pipeline:
                                            metrics, stop) if settings.connect_url else None)
 
     # -- rebalance: the stream restarts from the committed offset, so forget what is in hand
-    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _on_assign(self, consumer: InputConsumer, partitions: list[TopicPartition]) -> None:
         # Everything up to Redis' watermark was released (the release script moves it atomically with
         # the versions, in commit order) and everything up to ops_version is on the ops topic: a replay
         # from the committed offset (a restart, a new group) skips batches done by both effects.
@@ -121,7 +132,7 @@ class Pipeline:
             log.warning("could not read the released watermark (replaying through Redis): %s", exc)
             return ""
 
-    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _on_revoke(self, _consumer: InputConsumer, partitions: list[TopicPartition]) -> None:
         for p in partitions:
             self.assemblers.pop(p.partition, None)
         log.info("revoked %s", [p.partition for p in partitions])
