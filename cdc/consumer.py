@@ -25,7 +25,7 @@ from cdc.keyset import KeyLimits
 from cdc.metrics import Metrics
 from cdc.model import Batch
 from cdc.ports import InputConsumer, Outputs, Release
-from cdc.redis_health import store_was_emptied
+from cdc.replay import ReplayPlan, replay_plan
 from cdc.replicas import HoldPolicy, ReplicaWatcher, decide
 from cdc.rules import Rules
 from cdc.settings import Settings
@@ -89,41 +89,44 @@ class Pipeline:
 
     # -- rebalance: the stream restarts from the committed offset, so forget what is in hand
     def _on_assign(self, consumer: InputConsumer, partitions: list[TopicPartition]) -> None:
-        # Everything up to Redis' watermark was released (the release script moves it atomically with
-        # the versions, in commit order) and everything up to ops_version is on the ops topic: a replay
-        # from the committed offset (a restart, a new group) skips batches done by both effects.
         watermark = self._released_watermark()
-        released = min(watermark, self.outputs.ops_version or "")
-        for p in partitions:
-            self.assemblers[p.partition] = Assembler(self.rules, last_version=released, limits=self.limits)
         try:
-            positions = consumer.committed(partitions, timeout=10)
+            positions = {tp.partition: tp for tp in consumer.committed(partitions, timeout=10)}
         except KafkaException as exc:
             log.warning("could not read committed offsets on assignment: %s", exc)
-            positions = []
-        for committed in positions:
-            if store_was_emptied(watermark, committed.offset):
-                # Redis lost the version store behind our back: resuming clients would be told nothing
-                # changed. Replay from the committed offset, and the next release invalidates every key.
-                log.error("partition %s: committed offset %s but Redis holds no watermark (Redis was emptied); "
-                          "flushing every key with the next release", committed.partition, committed.offset)
-                self.metrics.store_resets.inc()
-                self.assemblers[committed.partition].flush_next = True
-            try:
-                low, _high = consumer.get_watermark_offsets(committed, timeout=10)
-            except KafkaException as exc:
-                log.warning("could not read the log start of partition %s: %s", committed.partition, exc)
-                continue
-            if 0 <= committed.offset < low:
-                # Records between the committed offset and the topic's start expired unread: their
-                # invalidations are gone, so the next release invalidates every key (prefix "").
-                log.error("partition %s: committed offset %s is below the log start %s (retention overrun); "
-                          "flushing every key with the next release", committed.partition, committed.offset, low)
-                self.metrics.retention_overruns.inc()
-                # Release from the first record on (not from the watermark), so the flush goes out at once.
-                self.assemblers[committed.partition] = Assembler(self.rules, limits=self.limits)
-                self.assemblers[committed.partition].flush_next = True
+            positions = {}
+        for p in partitions:
+            committed = positions.get(p.partition)
+            log_start = None if committed is None else self._log_start(consumer, committed)
+            offset = None if committed is None else committed.offset
+            plan = replay_plan(offset, log_start, watermark, self.outputs.ops_version)
+            self._report_plan(p.partition, offset, log_start, plan)
+            assembler = Assembler(self.rules, last_version=plan.skip_through, limits=self.limits)
+            assembler.flush_next = plan.flush
+            self.assemblers[p.partition] = assembler
         log.info("assigned %s", [p.partition for p in partitions])
+
+    def _log_start(self, consumer: InputConsumer, partition: TopicPartition) -> int | None:
+        try:
+            low, _high = consumer.get_watermark_offsets(partition, timeout=10)
+        except KafkaException as exc:
+            log.warning("could not read the log start of partition %s: %s", partition.partition, exc)
+            return None
+        return low
+
+    def _report_plan(self, partition: int, committed: int | None, log_start: int | None, plan: ReplayPlan) -> None:
+        if "store_emptied" in plan.reasons:
+            # Redis lost the version store behind our back: resuming clients would be told nothing
+            # changed. Replay from the committed offset, and the next release invalidates every key.
+            log.error("partition %s: committed offset %s but Redis holds no watermark (Redis was emptied); "
+                      "flushing every key with the next release", partition, committed)
+            self.metrics.store_resets.inc()
+        if "retention_overrun" in plan.reasons:
+            # Records between the committed offset and the topic's start expired unread: their
+            # invalidations are gone, so the next release invalidates every key (prefix "").
+            log.error("partition %s: committed offset %s is below the log start %s (retention overrun); "
+                      "flushing every key with the next release", partition, committed, log_start)
+            self.metrics.retention_overruns.inc()
 
     def _released_watermark(self) -> str:
         try:
