@@ -168,6 +168,7 @@ class Pipeline:
         batches: list[Batch] = []
         touched: set[int] = set()
         records = 0
+        skipped = self._skipped_replays()
         for msg in msgs:
             err = msg.error()
             if err is not None:
@@ -195,11 +196,17 @@ class Pipeline:
             if batch is not None:
                 batches.append(replace(batch, arrival_ms=(float(msg.timestamp()[1]), received_ms)))
         self.metrics.records_in.inc(records)
+        self.metrics.replays.inc(self._skipped_replays() - skipped)
         for p in touched:
             self._refuse_without_transactions(self.assemblers[p])
         self._report(batches)
         self._apply(batches)
         self._commit(touched)
+
+    def _skipped_replays(self) -> int:
+        """Batches the assemblers skipped as already released (rebalances happen only in poll, so the
+        assemblers do not change during a chunk)."""
+        return sum(a.skipped_replays for a in self.assemblers.values())
 
     def _refuse_without_transactions(self, assembler: Assembler) -> None:
         if assembler.without_transaction and self.metrics.config_error is None:
