@@ -22,12 +22,12 @@ from cdc.metrics import Metrics
 from cdc.model import Batch, TxEnd
 from cdc.rules import load_rules
 from cdc.settings import Settings
+from cdc.versions import version_of_lsn
 
 RULES = load_rules(DEMO_RULES)
-SETTINGS = Settings()
-TOPIC = SETTINGS.cdc_topic
+TOPIC = Settings().cdc_topic
 CAPTURE = stack_capture()
-END_VERSION = {c.offset: f"{r.end_lsn:016x}" for c in CAPTURE if isinstance(r := decode(c.key, c.value), TxEnd)}
+END_VERSION = {c.offset: version_of_lsn(r.end_lsn) for c in CAPTURE if isinstance(r := decode(c.key, c.value), TxEnd)}
 NO_OFFSET = -1001
 Rebalance = Callable[["FakeConsumer", list[TopicPartition]], None]
 GARBAGE = b"{nope"
@@ -180,7 +180,7 @@ class FakeOutputs:
 
 
 class Shell:
-    """A Pipeline over the fakes, assigned partition 0 as the first poll would."""
+    """A Pipeline over the fakes; `assign()` assigns it partition 0 as the first poll of `run()` does."""
 
     def __init__(self, *, chunks: Sequence[list[Message]] = (), committed: int = NO_OFFSET, log_start: int = 0,
                  redis_failures: float = 0, watermark: str | None = None, ops_failures: float = 0,
