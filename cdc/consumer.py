@@ -128,12 +128,14 @@ class Pipeline:
                       "flushing every key with the next release", partition, committed, log_start)
             self.metrics.retention_overruns.inc()
 
-    def _released_watermark(self) -> str:
+    def _released_watermark(self) -> str | None:
+        """Redis' watermark ("" when it holds none); None when Redis did not answer (then nothing is
+        claimed: the replay goes through Redis, whose script ignores what it already holds)."""
         try:
             return self.redis.watermark() or ""
         except EffectError as exc:
             log.warning("could not read the released watermark (replaying through Redis): %s", exc)
-            return ""
+            return None
 
     def _on_revoke(self, _consumer: InputConsumer, partitions: list[TopicPartition]) -> None:
         for p in partitions:

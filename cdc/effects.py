@@ -162,12 +162,18 @@ class KafkaOutputs:
     def _on_dlq(self, err: KafkaError | None, msg: Message) -> None:
         if err is None:
             return
-        if err.retriable() or msg.value() is None:
+        if err.retriable():
+            # Produced again, and the flush fails so the offset is not committed past it until it lands:
+            # a dead letter is never lost to a broker that was away for longer than the producer waits.
             self._failures.append(str(err))
-        else:  # the original bytes are too large for the DLQ: keep the headers, which say where they are
+            self._producer.produce(self._dlq_topic, key=msg.key(), value=msg.value(), headers=msg.headers(),
+                                   on_delivery=self._on_dlq)
+        elif msg.value() is not None:  # too large for the DLQ: keep the headers, which say where it is
             self._producer.produce(self._dlq_topic, key=msg.key(), value=None,
                                    headers=[*(msg.headers() or []), ("freshwire.value.dropped", str(err).encode())],
                                    on_delivery=self._on_dlq)
+        else:
+            log.error("dead letter refused for good without a value (%s); headers: %s", err, msg.headers())
 
     def _refuse(self, what: str, why: str, key: bytes | None) -> None:
         log.error("kafka refused %s for good (%s): dead-lettered as a note, the stream goes on", what, why)

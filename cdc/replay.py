@@ -26,10 +26,12 @@ class ReplayPlan:
         return bool(self.reasons)
 
 
-def replay_plan(committed: int | None, log_start: int | None, watermark: str, ops_version: str) -> ReplayPlan:
+def replay_plan(committed: int | None, log_start: int | None, watermark: str | None,
+                ops_version: str) -> ReplayPlan:
     """The plan for a partition whose group offset is `committed` (None: unknown, negative: none) and
-    whose log starts at `log_start` (None: unknown), given Redis' watermark and the last version on the
-    ops topic ("" when there is none or it could not be read).
+    whose log starts at `log_start` (None: unknown), given Redis' watermark ("" when Redis holds none,
+    None when it could not be read) and the last version on the ops topic ("" when there is none or it
+    could not be read). An unreadable watermark claims nothing: no flush, and nothing skipped.
 
     Everything up to the watermark was released (the release script moves it atomically with the
     versions, in commit order) and everything up to `ops_version` is on the ops topic, so a replay
@@ -37,8 +39,9 @@ def replay_plan(committed: int | None, log_start: int | None, watermark: str, op
     with the first batch the replay releases, not after the watermark.
     """
     reasons: list[FlushReason] = []
-    if store_was_emptied(watermark, committed):
+    if watermark is not None and store_was_emptied(watermark, committed):
         reasons.append("store_emptied")
     if committed is not None and log_start is not None and 0 <= committed < log_start:
         reasons.append("retention_overrun")
-    return ReplayPlan("" if reasons else min(watermark, ops_version), tuple(reasons))
+    skip = "" if reasons or watermark is None else min(watermark, ops_version)
+    return ReplayPlan(skip, tuple(reasons))

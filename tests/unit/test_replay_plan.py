@@ -46,3 +46,12 @@ def test_replay_plan_a_flush_skips_nothing(committed: int | None, log_start: int
     plan = replay_plan(committed, log_start, watermark, NEW)
     assert plan.flush == bool(plan.reasons)
     assert plan.skip_through == ("" if plan.flush else watermark)
+
+
+def test_replay_plan_an_unreadable_watermark_claims_nothing() -> None:
+    """Redis did not answer at assignment: no flush (nothing says it lost data) and nothing skipped
+    (the replay goes through Redis, whose script ignores what it already holds)."""
+    from cdc.replay import replay_plan
+
+    plan = replay_plan(120, 0, None, "00000000019d0138")
+    assert plan.reasons == () and plan.skip_through == ""
