@@ -25,6 +25,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from bench.procfs import cpu_seconds, rss_kb
 from bench.report import machine_info, write_json
+from cdc import topics
 from cdc.rules import load_rules
 from connectors import procs, register, services, stack
 from connectors.stack_settings import StackSettings, load_stack_settings
@@ -87,7 +88,7 @@ async def one_arm(s: StackSettings, rows: int) -> dict[str, Any]:
 def _topic_end(s: StackSettings) -> int:
     consumer = Consumer({"bootstrap.servers": s.kafka_bootstrap, "group.id": "bench-bigtx"})
     try:
-        return int(consumer.get_watermark_offsets(TopicPartition("freshwire.cdc", 0), timeout=10)[1])
+        return int(consumer.get_watermark_offsets(TopicPartition(topics.CHANGES, 0), timeout=10)[1])
     finally:
         consumer.close()
 
@@ -96,7 +97,7 @@ def _bytes_between(s: StackSettings, start: int, end: int) -> tuple[int, int]:
     """(records, value bytes) of freshwire.cdc in [start, end)."""
     consumer = Consumer({"bootstrap.servers": s.kafka_bootstrap, "group.id": "bench-bigtx",
                          "enable.auto.commit": False})
-    consumer.assign([TopicPartition("freshwire.cdc", 0, start)])
+    consumer.assign([TopicPartition(topics.CHANGES, 0, start)])
     records = size = 0
     try:
         while records < end - start:

@@ -7,17 +7,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from cdc import envflags
+from cdc import envflags, topics
 from cdc.errors import SettingsError
 
 
 @dataclass(frozen=True)
 class Settings:
     kafka_bootstrap: str = "127.0.0.1:19092"
-    cdc_topic: str = "freshwire.cdc"
+    cdc_topic: str = topics.CHANGES
     cdc_group: str = "freshwire-cdc"
-    ops_topic: str = "freshwire.invalidations"
-    dlq_topic: str = "freshwire.dlq"
+    ops_topic: str = topics.OPS
+    dlq_topic: str = topics.DLQ
     redis_url: str = "redis://127.0.0.1:16379/0"
     rules: str = ""
     cdc_metrics_host: str = "127.0.0.1"

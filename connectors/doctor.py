@@ -27,6 +27,7 @@ from typing import Any
 import psycopg
 import redis
 
+from cdc import topics
 from cdc.errors import RulesError
 from cdc.redis_layout import PREFIXES, VERSIONS, WATERMARK
 from cdc.rules import Rules, load_rules
@@ -259,7 +260,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--kafka-bootstrap", default=env("FRESHWIRE_KAFKA_BOOTSTRAP", ""),
                    help="compare the version store with the consumer's offset (FRESHWIRE_KAFKA_BOOTSTRAP)")
     p.add_argument("--cdc-group", default=env("FRESHWIRE_CDC_GROUP", "freshwire-cdc"), help="FRESHWIRE_CDC_GROUP")
-    p.add_argument("--cdc-topic", default=env("FRESHWIRE_CDC_TOPIC", "freshwire.cdc"), help="FRESHWIRE_CDC_TOPIC")
+    p.add_argument("--cdc-topic", default=env("FRESHWIRE_CDC_TOPIC", topics.CHANGES), help="FRESHWIRE_CDC_TOPIC")
     p.add_argument("--json", action="store_true", help="one JSON document instead of lines")
     return p
 

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
+from cdc import topics
 from cdc.errors import RulesError
 from cdc.redis_health import evicts_version_store
 from cdc.redis_layout import PREFIXES, VERSIONS, WATERMARK
@@ -48,7 +49,7 @@ class Names:
     slot: str = "freshwire"
     heartbeat: str = "public.freshwire_heartbeat"
     cdc_group: str = "freshwire-cdc"
-    cdc_topic: str = "freshwire.cdc"
+    cdc_topic: str = topics.CHANGES
 
 
 DEFAULT_NAMES = Names()

@@ -14,6 +14,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from cdc import topics
 from cdc.effects import MAX_MESSAGE_BYTES
 from cdc.rules import load_rules
 from connectors import publication
@@ -25,9 +26,7 @@ PG_USER = "postgres"
 MAX_BROKER_MESSAGE_BYTES = MAX_MESSAGE_BYTES + 64 * 1024  # a record batch's overhead around the largest record
 JVM_BROKER_HEAP = ["-Xms256m", "-Xmx512m"]
 JVM_CONNECT_HEAP = ["-Xms256m", "-Xmx640m"]
-TOPIC_CHANGES = "freshwire.cdc"
-TOPIC_OPS = "freshwire.invalidations"
-TOPIC_DLQ = "freshwire.dlq"
+TOPIC_CHANGES, TOPIC_OPS, TOPIC_DLQ = topics.CHANGES, topics.OPS, topics.DLQ
 RULES_FILE = REPO / "demo" / "rules.toml"
 
 

@@ -7,7 +7,7 @@ import argparse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from cdc import envflags
+from cdc import envflags, topics
 
 
 class SettingsError(ValueError):
@@ -19,9 +19,9 @@ class Settings:
     url: str = ""
     secret: str = field(default="", repr=False)
     bootstrap: str = "127.0.0.1:19092"
-    topic: str = "freshwire.invalidations"
+    topic: str = topics.OPS
     group: str = "freshwire-sink"
-    dlq_topic: str = "freshwire.sink.dlq"
+    dlq_topic: str = topics.SINK_DLQ
     max_attempts: int = 8
     backoff_min_ms: int = 500
     backoff_max_ms: int = 30_000
