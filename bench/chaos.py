@@ -34,10 +34,10 @@ from typing import Any
 import psycopg
 
 from cdc.versions import lsn_of_text, version_of_lsn
+from clients.python.client import Client
 from connectors import procs, register, services, stack
 from connectors.stack_settings import StackSettings, load_stack_settings
 from gateway.auth import mint
-from gateway.client import Client
 
 RESULTS = Path(__file__).parent / "results"
 SECRET = os.environ.get("FRESHWIRE_JWT_SECRET", "freshwire-dev-secret-change-me-in-production")

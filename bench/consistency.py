@@ -24,10 +24,10 @@ import psycopg
 import websockets
 
 from bench.report import machine_info, pyplot, save_figure, write_json
+from clients.python.tokens import write_token
 from connectors import procs, services, stack
 from connectors.stack_settings import StackSettings, load_stack_settings
 from gateway.auth import mint
-from gateway.tokens import write_token
 
 SECRET = os.environ.get("FRESHWIRE_JWT_SECRET", "freshwire-dev-secret-change-me-in-production")
 

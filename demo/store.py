@@ -14,7 +14,7 @@ from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from gateway.tokens import write_token_async
+from clients.python.tokens import write_token_async
 
 COLUMNS = ("todo", "doing", "done")
 CARD_FIELDS = "id, board_id, tenant_id, title, status, owner, version, " \

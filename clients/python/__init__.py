@@ -1,0 +1,1 @@
+"""The Python client of protocol freshwire.v1 (`from clients.python.client import Client`)."""
