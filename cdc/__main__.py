@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import logging
-import signal
 import sys
-import threading
 
 from cdc.consumer import Pipeline
 from cdc.effects import EffectError
 from cdc.errors import RulesError, SettingsError
 from cdc.metrics import Metrics, serve
+from cdc.process import stop_on_signals
 from cdc.rules import load_rules
 from cdc.settings import load_settings
 
@@ -25,14 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     except (SettingsError, RulesError) as exc:
         print(f"freshwire-cdc: {exc}", file=sys.stderr)
         return 2
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: object) -> None:
-        log.info("signal %s: finishing the batch in hand, then stopping", signum)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = stop_on_signals(log, "batch")
     metrics = Metrics()
     server = serve(metrics, settings.cdc_metrics_host, settings.cdc_metrics_port)
     log.info("rules: %s table(s) from %s", len(rules.tables), settings.rules or "(defaults only)")

@@ -33,21 +33,19 @@ CHANNEL = "fw:inv"
 RELEASE_LUA = """
 local v = ARGV[1]
 local nkeys = tonumber(ARGV[4])
-local keys, prefixes = {}, {}
-for i = 9, 8 + nkeys do
-  local cur = redis.call('HGET', KEYS[1], ARGV[i])
-  if (not cur) or cur < v then
-    redis.call('HSET', KEYS[1], ARGV[i], v)
-    keys[#keys + 1] = ARGV[i]
+local function advance(hash, first, last)
+  local advanced = {}
+  for i = first, last do
+    local cur = redis.call('HGET', hash, ARGV[i])
+    if (not cur) or cur < v then
+      redis.call('HSET', hash, ARGV[i], v)
+      advanced[#advanced + 1] = ARGV[i]
+    end
   end
+  return advanced
 end
-for i = 9 + nkeys, #ARGV do
-  local cur = redis.call('HGET', KEYS[2], ARGV[i])
-  if (not cur) or cur < v then
-    redis.call('HSET', KEYS[2], ARGV[i], v)
-    prefixes[#prefixes + 1] = ARGV[i]
-  end
-end
+local keys = advance(KEYS[1], 9, 8 + nkeys)
+local prefixes = advance(KEYS[2], 9 + nkeys, #ARGV)
 if ARGV[5] ~= '' then
   redis.call('SET', KEYS[4], v, 'EX', tonumber(ARGV[6]))
 end

@@ -80,10 +80,6 @@ HELP = {
 PREFIX = "FRESHWIRE_"
 
 
-def env_name(field_name: str) -> str:
-    return envflags.env_name(PREFIX, field_name)
-
-
 def load_settings(argv: list[str] | None = None) -> Settings:
     parser = envflags.parser_for(Settings, PREFIX, HELP, "python -m cdc",
                                  "Freshwire's consumer: Debezium change events in, exact invalidations out.")

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import logging
-import signal
 import sys
-import threading
 
 from confluent_kafka import KafkaException
 
+from cdc.process import stop_on_signals
 from clients.sink.run import Sink
 from clients.sink.settings import SettingsError, load_settings
 
@@ -23,14 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"freshwire-sink: {exc}", file=sys.stderr)
         return 2
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: object) -> None:
-        log.info("signal %s: finishing the record in hand, then stopping", signum)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = stop_on_signals(log, "record")
     try:
         Sink(settings, stop).run()
     except KafkaException as exc:

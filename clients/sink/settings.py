@@ -52,14 +52,10 @@ HELP = {
 PREFIX = "FRESHWIRE_SINK_"
 
 
-def env_name(field_name: str) -> str:
-    return envflags.env_name(PREFIX, field_name)
-
-
 def _check(s: Settings) -> None:
     for name in REQUIRED:
         if not getattr(s, name):
-            raise SettingsError(f"{env_name(name)} is required (or --{name})")
+            raise SettingsError(f"{envflags.env_name(PREFIX, name)} is required (or --{name})")
     if not s.url.startswith(("http://", "https://")):
         raise SettingsError(f"FRESHWIRE_SINK_URL must be an http:// or https:// URL, got {s.url!r}")
     if s.max_attempts < 1:
