@@ -48,6 +48,10 @@ def _err(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message, **extra}}, status_code=status)
 
 
+def _found(found: dict[str, Any] | None, what: str) -> Response:
+    return JSONResponse(found) if found else _err(404, "not_found", f"no such {what}")
+
+
 def _int(raw: str) -> int | None:
     return int(raw) if raw.isdigit() and len(raw) < 19 else None
 
@@ -89,8 +93,7 @@ def create_app(store: Store | None = None, gateway_ws: str | None = None, secret
 
     async def board(request: Request) -> Response:
         board_id = _int(request.path_params["board_id"])
-        found = await store.board(board_id) if board_id is not None else None
-        return JSONResponse(found) if found else _err(404, "not_found", "no such board")
+        return _found(await store.board(board_id) if board_id is not None else None, "board")
 
     async def index_(request: Request) -> Response:
         board_id = _int(request.path_params["board_id"])
@@ -98,8 +101,7 @@ def create_app(store: Store | None = None, gateway_ws: str | None = None, secret
 
     async def card(request: Request) -> Response:
         card_id = _int(request.path_params["card_id"])
-        found = await store.card(card_id) if card_id is not None else None
-        return JSONResponse(found) if found else _err(404, "not_found", "no such card")
+        return _found(await store.card(card_id) if card_id is not None else None, "card")
 
     async def update_card(request: Request) -> Response:
         card_id = _int(request.path_params["card_id"])
