@@ -27,9 +27,15 @@ test-unit: install
 	@node --test clients/js/test/
 	@$(PY) -m pytest -q -m "not stack"
 
+# tests/ has no packages and each test directory imports its helpers by bare name (as pytest does), so
+# mypy checks it one directory at a time, with that directory (and what it imports) on MYPYPATH.
 lint:
 	@.venv/bin/ruff check cdc gateway connectors demo clients bench tests
 	@.venv/bin/mypy cdc gateway connectors demo clients bench
+	@MYPYPATH=tests/unit .venv/bin/mypy --explicit-package-bases tests/unit
+	@MYPYPATH=tests/gateway .venv/bin/mypy --explicit-package-bases tests/gateway
+	@MYPYPATH=tests/security:tests/gateway .venv/bin/mypy --explicit-package-bases tests/security
+	@.venv/bin/mypy --explicit-package-bases tests/conftest.py tests/test_compose.py tests/e2e
 
 # Benchmarks print tables and write bench/results/<name>.json and .png (each starts the stack it
 # needs and stops what it started). `make bench` runs them all one after the other (~40 minutes,

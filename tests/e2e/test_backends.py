@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
 
 import pytest
 import redis
@@ -17,9 +18,12 @@ from gateway.backend_redis import POOL_SIZE, RedisBackend
 
 BIG = "7fff000000000000"  # above any real version, on keys no one else uses
 
+# release(version, keys, prefixes, tx_id): makes a transaction visible to the backend under test
+Release = Callable[[str, tuple[str, ...], tuple[str, ...], str], object]
+
 
 @pytest.fixture(params=["memory", "redis"])
-def backend_and_release(request: pytest.FixtureRequest, stack_settings: StackSettings):  # type: ignore[no-untyped-def]
+def backend_and_release(request: pytest.FixtureRequest, stack_settings: StackSettings) -> tuple[Backend, Release]:
     if request.param == "memory":
         memory = MemoryBackend()
         return memory, lambda v, keys, prefixes, tx: memory.release(v, keys, prefixes, 0, tx)
@@ -37,7 +41,7 @@ def backend_and_release(request: pytest.FixtureRequest, stack_settings: StackSet
     return RedisBackend(stack_settings.redis_url), release
 
 
-async def test_backend_versions_prefixes_and_tx_markers(backend_and_release) -> None:  # type: ignore[no-untyped-def]
+async def test_backend_versions_prefixes_and_tx_markers(backend_and_release: tuple[Backend, Release]) -> None:
     backend, release = backend_and_release
     b: Backend = backend
     await b.start()
@@ -56,7 +60,8 @@ async def test_backend_versions_prefixes_and_tx_markers(backend_and_release) -> 
         await b.stop()
 
 
-async def test_backend_bursts_wait_for_a_connection_instead_of_failing(backend_and_release) -> None:  # type: ignore[no-untyped-def]
+async def test_backend_bursts_wait_for_a_connection_instead_of_failing(
+        backend_and_release: tuple[Backend, Release]) -> None:
     backend, _release = backend_and_release
     b: Backend = backend
     await b.start()

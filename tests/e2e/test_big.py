@@ -73,7 +73,9 @@ def _dlq_codes(s: StackSettings, start: int) -> list[str]:
         codes = []
         while (msg := consumer.poll(2.0)) is not None:
             if msg.error() is None:
-                codes.append(dict(msg.headers() or {}).get("freshwire.error.code", b"").decode())
+                code = dict(msg.headers() or {}).get("freshwire.error.code", b"")
+                assert isinstance(code, bytes), code  # a consumed header is bytes (the stubs share the produce type)
+                codes.append(code.decode())
         return codes
     finally:
         consumer.close()

@@ -15,6 +15,7 @@ from dataclasses import replace
 import psycopg
 import pytest
 import websockets
+from websockets.typing import Subprotocol
 
 from connectors import procs, services
 from connectors.stack_settings import StackSettings
@@ -136,7 +137,7 @@ async def test_consistency_await_then_replica_read_sees_the_write(replica: Stack
     delays: list[float] = []
     with cdc_gated(s, gated=True):
         url = f"{ws_url(s)}?token={token(['card:*'])}"
-        async with websockets.connect(url, subprotocols=["freshwire.v1"]) as ws:  # type: ignore[list-item]
+        async with websockets.connect(url, subprotocols=[Subprotocol("freshwire.v1")]) as ws:
             with psycopg.connect(s.app_dsn) as conn, psycopg.connect(s.replica_dsn, autocommit=True) as rconn:
                 for n, card in enumerate(ids):
                     title = f"awaited-{n}"
@@ -163,7 +164,7 @@ async def test_consistency_token_of_a_transaction_without_captured_changes_resol
         conn.commit()
     t0 = time.monotonic()
     async with websockets.connect(f"{ws_url(s)}?token={token(['card:*'])}",
-                                  subprotocols=["freshwire.v1"]) as ws:  # type: ignore[list-item]
+                                  subprotocols=[Subprotocol("freshwire.v1")]) as ws:
         await ws.send(json.dumps({"op": "await", "id": 1, "token": tok, "timeout_ms": 5000}))
         reply = json.loads(await asyncio.wait_for(ws.recv(), 10))
     assert reply["type"] == "visible"
@@ -177,7 +178,7 @@ async def test_consistency_token_of_a_rolled_back_transaction_times_out(stack_se
         tok = write_token(conn)
         conn.rollback()
     async with websockets.connect(f"{ws_url(s)}?token={token(['card:*'])}",
-                                  subprotocols=["freshwire.v1"]) as ws:  # type: ignore[list-item]
+                                  subprotocols=[Subprotocol("freshwire.v1")]) as ws:
         await ws.send(json.dumps({"op": "await", "id": 9, "token": tok, "timeout_ms": 700}))
         reply = json.loads(await asyncio.wait_for(ws.recv(), 5))
     assert reply == {"type": "error", "id": 9, "code": "timeout", "message": "not released within 700 ms"}
@@ -194,7 +195,7 @@ async def test_consistency_hundreds_of_concurrent_awaits_on_one_gateway(stack_se
             conn.commit()
     url = f"{ws_url(s)}?token={token(['card:*'])}"
     async with contextlib.AsyncExitStack() as stack:
-        sockets = [await stack.enter_async_context(websockets.connect(url, subprotocols=["freshwire.v1"]))  # type: ignore[list-item]
+        sockets = [await stack.enter_async_context(websockets.connect(url, subprotocols=[Subprotocol("freshwire.v1")]))
                    for _ in range(3)]
         for n, tok in enumerate(tokens):
             await sockets[n % 3].send(json.dumps({"op": "await", "id": n, "token": tok, "timeout_ms": 20000}))
@@ -217,7 +218,8 @@ async def test_consistency_python_client_waits_for_its_write(stack_settings: Sta
     async with client(s, ["card:*"]) as c:
         version = await c.wait_visible(tok, timeout_ms=5000)
         current = await c.subscribe([f"card:{ids[0]}"])
-    assert current[f"card:{ids[0]}"] is not None and current[f"card:{ids[0]}"] >= version
+    seen = current[f"card:{ids[0]}"]
+    assert seen is not None and seen >= version
 
 
 def test_consistency_write_token_works_with_any_row_factory(stack_settings: StackSettings) -> None:

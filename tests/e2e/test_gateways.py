@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ import urllib.request
 
 import psycopg
 import websockets
+from websockets.typing import Subprotocol
 
 from connectors import procs, services
 from connectors.stack_settings import StackSettings
@@ -51,7 +53,7 @@ async def test_e2e_two_gateways_and_exact_resume_on_the_other(stack_settings: St
     _tx, inside, after = write(s, "UPDATE cards SET status = 'done' WHERE id = %s", (cards[1],))
     await asyncio.sleep(1.0)  # let them be released while nobody listens
     async with websockets.connect(f"{ws_url(s, s.gateway2_port)}?token={token(['card:*'])}",
-                                  subprotocols=["freshwire.v1"]) as ws:  # type: ignore[list-item]
+                                  subprotocols=[Subprotocol("freshwire.v1")]) as ws:
         await ws.send(json.dumps({"op": "subscribe", "id": 7, "keys": keys, "since": seen}))
         reply = json.loads(await ws.recv())
         assert reply["type"] == "subscribed" and reply["id"] == 7
@@ -89,7 +91,7 @@ async def test_e2e_redis_restart_mid_stream_loses_nothing(stack_settings: StackS
         finally:
             writer.finish()
         for c in (c1, c2):
-            await until(lambda c=c: writer.reached_by(c), timeout_s=60,  # type: ignore[misc]
+            await until(functools.partial(writer.reached_by, c), timeout_s=60,
                         what="latest versions after a Redis restart")
             assert_in_order_once(c.received)
     await until(lambda: _ready(s.gateway_url) and _ready(f"http://{s.host}:{s.gateway2_port}"),
@@ -124,7 +126,7 @@ async def test_e2e_client_that_stops_reading_stays_bounded_then_catches_up(stack
         await reader.subscribe(keys)
         await settle(reader, {k: floors[k] for k in keys})
     url = f"{ws_url(s, s.gateway2_port)}?token={token(['card:*'])}"
-    async with websockets.connect(url, subprotocols=["freshwire.v1"], max_queue=1) as slow:  # type: ignore[list-item]
+    async with websockets.connect(url, subprotocols=[Subprotocol("freshwire.v1")], max_queue=1) as slow:
         await slow.send(json.dumps({"op": "subscribe", "id": 1, "keys": keys}))
         assert json.loads(await slow.recv())["type"] == "subscribed"
         depths: list[float] = []

@@ -9,7 +9,7 @@ import urllib.error
 import urllib.request
 
 from confluent_kafka import TopicPartition
-from confluent_kafka.admin import AdminClient  # type: ignore[attr-defined]
+from confluent_kafka.admin import AdminClient
 
 from connectors import procs, services
 from connectors.stack_settings import StackSettings

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
 from cdc.versions import lsn_of_text, version_of_lsn
 from connectors.stack_settings import StackSettings
@@ -161,7 +162,7 @@ def test_e2e_malformed_record_goes_to_dlq_and_pipeline_continues(stack_settings:
     try:
         low, high = dlq.get_watermark_offsets(TopicPartition("freshwire.dlq", 0), timeout=10)
         dlq.assign([TopicPartition("freshwire.dlq", 0, low)])
-        found = []
+        found: list[Message] = []
         while len(found) < high - low:
             msg = dlq.poll(5)
             if msg is None:
@@ -172,7 +173,8 @@ def test_e2e_malformed_record_goes_to_dlq_and_pipeline_continues(stack_settings:
         headers = dict(match[-1].headers() or [])
         assert headers["freshwire.error.code"] == b"bad_json"
         assert headers["freshwire.source.topic"] == b"freshwire.cdc"
-        assert int(headers["freshwire.source.offset"]) >= 0
+        offset = headers["freshwire.source.offset"]
+        assert isinstance(offset, bytes) and int(offset) >= 0
     finally:
         dlq.close()
 
@@ -187,18 +189,18 @@ def test_e2e_ops_topic_has_one_record_per_transaction(stack_settings: StackSetti
     try:
         _low, high = consumer.get_watermark_offsets(TopicPartition("freshwire.invalidations", 0), timeout=10)
         consumer.assign([TopicPartition("freshwire.invalidations", 0, max(0, high - 50))])
-        records: list[dict[str, object]] = []
+        records: list[dict[str, Any]] = []
         deadline = __import__("time").monotonic() + 20
         while __import__("time").monotonic() < deadline:
             msg = consumer.poll(0.5)
-            if msg is not None and msg.error() is None and msg.value():
-                records.append(json.loads(msg.value()))
+            if msg is not None and msg.error() is None and (value := msg.value()):
+                records.append(json.loads(value))
             if all(sum(1 for r in records if r["txId"] == t) == 1 for t in txids):
                 break
         for t in txids:
             mine = [r for r in records if r["txId"] == t]
             assert len(mine) == 1, f"tx {t}: {len(mine)} records"
-            assert f"board:{board}" in mine[0]["keys"]  # type: ignore[operator]
+            assert f"board:{board}" in mine[0]["keys"]
             assert mine[0]["ops"] == {"public.cards": {"c": 1}}
     finally:
         consumer.close()

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 
 from gw_support import Gateway, recv, token, ver
+from starlette.testclient import WebSocketTestSession
 
 from gateway import errors as E
 
 
-def _await(ws: object, rid: int, tok: str, timeout_ms: int = 5000) -> None:
-    ws.send_text(json.dumps({"op": "await", "id": rid, "token": tok, "timeout_ms": timeout_ms}))  # type: ignore[attr-defined]
+def _await(ws: WebSocketTestSession, rid: int, tok: str, timeout_ms: int = 5000) -> None:
+    ws.send_text(json.dumps({"op": "await", "id": rid, "token": tok, "timeout_ms": timeout_ms}))
 
 
 def test_await_resolves_when_the_transaction_is_released(gw: Gateway) -> None:
@@ -46,8 +48,8 @@ def test_await_does_not_block_other_requests(gw: Gateway) -> None:
         assert recv(ws)["type"] == "visible"
 
 
-def test_await_limit_per_connection(make_gateway: object) -> None:
-    gw: Gateway = make_gateway(max_awaits_per_connection=2)  # type: ignore[operator]
+def test_await_limit_per_connection(make_gateway: Callable[..., Gateway]) -> None:
+    gw: Gateway = make_gateway(max_awaits_per_connection=2)
     with gw.connect() as ws:
         for rid in (1, 2, 3):
             _await(ws, rid, f"fw1:{rid}")

@@ -209,7 +209,7 @@ def test_client_outbox_retries_unavailable_without_holding_other_requests() -> N
     retry = r.one()
     r.error(retry, "unavailable")
     r.drain()
-    assert r.wait == pytest.approx(0.4)
+    assert r.wait is not None and r.wait == pytest.approx(0.4)
     r.now += r.wait
     r.subscribed(r.one())
     assert r.settled() == [("T", None, ())]

@@ -7,9 +7,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 
 import pytest
 from gw_support import Gateway, recv, token, ver
+from starlette.testclient import WebSocketTestSession
 from starlette.websockets import WebSocketDisconnect
 
 from gateway import errors as E
@@ -18,11 +20,11 @@ from gateway import ws as ws_module
 from gateway.session import Session
 
 
-def _await(ws: object, rid: int, tok: str, timeout_ms: int = 5000) -> None:
-    ws.send_text(json.dumps({"op": "await", "id": rid, "token": tok, "timeout_ms": timeout_ms}))  # type: ignore[attr-defined]
+def _await(ws: WebSocketTestSession, rid: int, tok: str, timeout_ms: int = 5000) -> None:
+    ws.send_text(json.dumps({"op": "await", "id": rid, "token": tok, "timeout_ms": timeout_ms}))
 
 
-def test_connection_await_reply_overflow_closes_with_4008(make_gateway: object,
+def test_connection_await_reply_overflow_closes_with_4008(make_gateway: Callable[..., Gateway],
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """Bug 6: the client reads nothing (its writer is stuck in a send), the reply queue is full, and an
     await resolves: the connection is closed with the documented 4008, not left with a lost reply."""
@@ -31,7 +33,7 @@ def test_connection_await_reply_overflow_closes_with_4008(make_gateway: object,
         await asyncio.Event().wait()
 
     monkeypatch.setattr(ws_module.Connection, "_writer", stuck_writer)
-    gw: Gateway = make_gateway(control_queue=3)  # type: ignore[operator]
+    gw: Gateway = make_gateway(control_queue=3)
     with gw.connect() as ws:
         _await(ws, 1, "fw1:42")
         gw.wait(lambda: gw.state.awaits.pending == 1)
@@ -123,7 +125,7 @@ def test_connection_lapse_tells_subscribers_of_the_batch_after_its_invalidate(gw
     assert gw.state.metrics.lapses.labels("replica_lag")._value.get() == 1
 
 
-def test_metrics_connection_staleness_histogram_and_worst(make_gateway: object,
+def test_metrics_connection_staleness_histogram_and_worst(make_gateway: Callable[..., Gateway],
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """#11 per-connection staleness: a connection whose writer is stuck holds an unsent change; its age
     shows in the histogram over connections and as the worst, while an idle connection counts as 0."""
@@ -133,7 +135,7 @@ def test_metrics_connection_staleness_histogram_and_worst(make_gateway: object,
         await asyncio.Event().wait()
 
     monkeypatch.setattr(ws_module.Connection, "_writer", stuck_writer)
-    gw: Gateway = make_gateway()  # type: ignore[operator]
+    gw: Gateway = make_gateway()
     with gw.connect() as a, gw.connect():
         a.send_json({"op": "subscribe", "id": 1, "keys": ["k"]})
         gw.wait(lambda: any("k" in s.known and not s.held for s in gw.state.hub.sessions))
@@ -161,11 +163,12 @@ async def test_connection_reader_yields_so_buffered_requests_are_answered() -> N
     uvicorn server: TestClient's transport switches tasks on every receive and hides the bug."""
     import websockets
     from test_client_resume import serve
+    from websockets.typing import Subprotocol
 
     from gateway.backend_memory import MemoryBackend
 
     async with serve(MemoryBackend()) as (url, _state), \
-            websockets.connect(f"{url}?token={token()}", subprotocols=["freshwire.v1"]) as ws:  # type: ignore[list-item]
+            websockets.connect(f"{url}?token={token()}", subprotocols=[Subprotocol("freshwire.v1")]) as ws:
         await ws.send(json.dumps({"op": "ping", "id": 0}))
         assert json.loads(await ws.recv())["id"] == 0
         for rid in range(1, 91):

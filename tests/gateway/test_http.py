@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from gw_support import Gateway, recv, token, ver
@@ -12,7 +13,7 @@ from gateway import errors as E
 
 
 def _versions(gw: Gateway, keys: str, patterns: list[str] | None = None, header: bool = False,
-              tok: str | None = None) -> tuple[int, dict[str, object]]:
+              tok: str | None = None) -> tuple[int, dict[str, Any]]:
     tok = token(patterns or ["*"]) if tok is None else tok
     if header:
         r = gw.client.get("/v1/versions", params={"keys": keys}, headers={"Authorization": f"Bearer {tok}"})
@@ -42,7 +43,7 @@ def test_versions_duplicate_keys_answered_once(gw: Gateway) -> None:
 def test_versions_bad_token_401(gw: Gateway, tok: str) -> None:
     status, body = _versions(gw, "a", tok=tok)
     assert status == 401
-    assert body["error"]["code"] == "auth_failed"  # type: ignore[index]
+    assert body["error"]["code"] == "auth_failed"
 
 
 def test_versions_forbidden_403_lists_keys(gw: Gateway) -> None:
@@ -55,21 +56,21 @@ def test_versions_forbidden_403_lists_keys(gw: Gateway) -> None:
 def test_versions_invalid_key_400(gw: Gateway) -> None:
     status, body = _versions(gw, "ok,not*ok")
     assert status == 400
-    assert body["error"]["code"] == E.INVALID_KEY  # type: ignore[index]
-    assert body["error"]["keys"] == ["not*ok"]  # type: ignore[index]
+    assert body["error"]["code"] == E.INVALID_KEY
+    assert body["error"]["keys"] == ["not*ok"]
 
 
 def test_versions_key_with_trailing_newline_400(gw: Gateway) -> None:
     status, body = _versions(gw, "a\n")
     assert status == 400
-    assert body["error"]["code"] == E.INVALID_KEY  # type: ignore[index]
+    assert body["error"]["code"] == E.INVALID_KEY
 
 
 @pytest.mark.parametrize("keys", ["", ","])
 def test_versions_no_keys_400_bad_request(gw: Gateway, keys: str) -> None:
     status, body = _versions(gw, keys)
     assert status == 400
-    assert body["error"]["code"] == E.BAD_REQUEST  # type: ignore[index]
+    assert body["error"]["code"] == E.BAD_REQUEST
 
 
 def test_versions_too_many_keys_400(make_gateway: Callable[..., Gateway]) -> None:
@@ -77,14 +78,14 @@ def test_versions_too_many_keys_400(make_gateway: Callable[..., Gateway]) -> Non
     assert _versions(gw, "a,b")[0] == 200
     status, body = _versions(gw, "a,b,c")
     assert status == 400
-    assert body["error"]["code"] == E.TOO_MANY_KEYS  # type: ignore[index]
+    assert body["error"]["code"] == E.TOO_MANY_KEYS
 
 
 def test_versions_backend_down_503_unavailable(make_gateway: Callable[..., Gateway]) -> None:
     gw = make_gateway(backend=FailingBackend())
     status, body = _versions(gw, "a")
     assert status == 503
-    assert body["error"]["code"] == E.UNAVAILABLE  # type: ignore[index]
+    assert body["error"]["code"] == E.UNAVAILABLE
 
 
 def test_healthz_ok(gw: Gateway) -> None:

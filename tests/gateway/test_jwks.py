@@ -23,6 +23,7 @@ from gw_support import SECRET, SUBPROTOCOL, token
 from jwt.algorithms import RSAAlgorithm
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
+from websockets.typing import Subprotocol
 
 from gateway import errors as E
 from gateway.app import create_app
@@ -47,7 +48,7 @@ def jwk(key: rsa.RSAPrivateKey, kid: str | None, **extra: Any) -> dict[str, Any]
     return body
 
 
-def jwks(*members: dict[str, Any]) -> dict[str, Any]:
+def jwks(*members: object) -> dict[str, Any]:
     return {"keys": list(members)}
 
 
@@ -193,8 +194,8 @@ def test_jwks_slow_endpoint_never_delays_health_or_other_connections() -> None:
         app = create_app(settings(jwt_secret=SECRET, jwks_url=idp.url, jwks_timeout_s=WAIT_S),
                          backend=MemoryBackend())
         try:
-            with served(app) as host, connect(f"ws://{host}/ws?token={token()}", subprotocols=[SUBPROTOCOL],
-                                               open_timeout=WAIT_S) as witness:
+            with served(app) as host, connect(f"ws://{host}/ws?token={token()}",
+                                               subprotocols=[Subprotocol(SUBPROTOCOL)], open_timeout=WAIT_S) as witness:
                 witness.send(json.dumps({"op": "ping", "id": 1}))
                 assert json.loads(witness.recv(timeout=WAIT_S)) == {"type": "pong", "id": 1}
                 assert eventually(lambda: not idp.in_flight)  # a fetch at start (if any) is over
@@ -203,7 +204,7 @@ def test_jwks_slow_endpoint_never_delays_health_or_other_connections() -> None:
 
                 def junk_connection() -> None:
                     try:
-                        with connect(f"ws://{host}/ws?token={rs(kid='junk')}", subprotocols=[SUBPROTOCOL],
+                        with connect(f"ws://{host}/ws?token={rs(kid='junk')}", subprotocols=[Subprotocol(SUBPROTOCOL)],
                                      open_timeout=3 * WAIT_S) as ws:
                             ws.recv(timeout=3 * WAIT_S)
                     except ConnectionClosed as exc:

@@ -45,7 +45,8 @@ def _closed_with(gw: Gateway, path: str, code: int, **kwargs: Any) -> None:
 
 
 def _alg_none_token() -> str:
-    return jwt.encode({"fw_keys": ["*"], "exp": int(time.time()) + 600}, None, algorithm="none")
+    # "": no key (PyJWT reads it as None, which its types refuse)
+    return jwt.encode({"fw_keys": ["*"], "exp": int(time.time()) + 600}, "", algorithm="none")
 
 
 @pytest.mark.parametrize("tok", [
@@ -433,7 +434,8 @@ def test_invalidate_resync_re_reads_missed_versions(gw: Gateway) -> None:
     with gw.connect() as ws:
         gw.subscribe(ws, ["a", "b", "c"])
         # versions advanced while the backend's feed was broken: no event, only the stored versions
-        gw.client.portal.call(lambda: gw.backend.versions.update({"a": ver(4), "c": ver(4)}))  # type: ignore[union-attr]
+        assert gw.client.portal is not None
+        gw.client.portal.call(lambda: gw.backend.versions.update({"a": ver(4), "c": ver(4)}))
         gw.resync()
         frames = gw.invalidations_until(ws, "c", ver(4))
         assert _check_stream(frames, {"a", "b", "c"}, {"a": ver(1), "b": ver(1)}) == {
@@ -461,6 +463,10 @@ class GatedBackend(MemoryBackend):
         self.reading = False
         return snapshot
 
+    def open_gate(self) -> None:
+        assert self.gate is not None, "no read has begun"
+        self.gate.set()
+
 
 @pytest.mark.parametrize("since", [None, 1])
 def test_subscribe_release_during_slow_read_is_not_lost(make_gateway: Callable[..., Gateway],
@@ -478,7 +484,7 @@ def test_subscribe_release_during_slow_read_is_not_lost(make_gateway: Callable[.
         gw.release(ver(2), ["a"])
         gw.wait(lambda: gw.state.hub.deliveries > before)   # queued for the client, held back
         assert gw.client.portal is not None
-        gw.client.portal.call(lambda: backend.gate.set())  # type: ignore[union-attr]
+        gw.client.portal.call(backend.open_gate)
         reply = recv(ws)
         assert reply["type"] == "subscribed"     # nothing before the reply
         assert reply["versions"] == {"a": ver(2)}

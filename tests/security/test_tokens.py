@@ -140,7 +140,7 @@ REFUSED_RS: dict[str, str] = {
 
 AUDIENCE = "freshwire"
 ISSUER = "https://idp.example/"
-GOOD_AUD_ISS = {"aud": AUDIENCE, "iss": ISSUER}
+GOOD_AUD_ISS: dict[str, Any] = {"aud": AUDIENCE, "iss": ISSUER}  # claims, as _claims() takes them
 
 # Refused by a gateway that requires jwt_audience and jwt_issuer (HS256), each for its documented reason.
 REFUSED_AUD_ISS: dict[str, tuple[str, str]] = {

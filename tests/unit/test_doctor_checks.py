@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import tomllib
 from dataclasses import replace
+from typing import Any
 
 import pytest
 from debezium_json import DEMO_RULES
@@ -37,15 +38,15 @@ RULES = load_rules(DEMO_RULES)
 HEARTBEAT = "public.freshwire_heartbeat"
 
 
-def _table(name: str, rules: Rules = RULES, **over: object) -> TableFacts:
+def _table(name: str, rules: Rules = RULES, **over: Any) -> TableFacts:
     rule = rules.tables.get(name)
     cols = frozenset({"id", "beat_at", *(needed_columns(rule) if rule else ())})
     base = TableFacts(name, exists=True, columns=cols, primary_key=("id",), identity="f", cdc_select=True,
                       cdc_write=True, published=True)
-    return replace(base, **over)  # type: ignore[arg-type]
+    return replace(base, **over)
 
 
-def _facts(rules: Rules = RULES, **over: object) -> PgFacts:
+def _facts(rules: Rules = RULES, **over: Any) -> PgFacts:
     """Facts of a database fit for `rules`: the stack's, with a rule-table publication."""
     tables = {t: _table(t, rules) for t in (*rules.tables, HEARTBEAT)}
     base = PgFacts(database="app", wal_level="logical", max_wal_senders=10, max_replication_slots=10,
@@ -54,11 +55,11 @@ def _facts(rules: Rules = RULES, **over: object) -> PgFacts:
                    role=RoleFacts(True, login=True, replication=True, connect=True),
                    publication=PublicationFacts(True, False, frozenset({"insert", "update", "delete", "truncate"})),
                    tables=tables)
-    return replace(base, **over)  # type: ignore[arg-type]
+    return replace(base, **over)
 
 
-def _with_table(facts: PgFacts, name: str, **over: object) -> PgFacts:
-    return replace(facts, tables={**facts.tables, name: replace(facts.tables[name], **over)})  # type: ignore[arg-type]
+def _with_table(facts: PgFacts, name: str, **over: Any) -> PgFacts:
+    return replace(facts, tables={**facts.tables, name: replace(facts.tables[name], **over)})
 
 
 def _one(checks: list[Check], name: str, subject: str = "") -> Check:

@@ -45,8 +45,8 @@ class RedisModel:
             self.watermark = v
         if keys or prefixes or moved:
             # cjson encodes an empty Lua table as {}.
-            message = {"v": v, "k": keys or {}, "p": prefixes or {}, "ts": int(argv[2]), "wm": self.watermark,
-                       "x": argv[4]}
+            message: dict[str, object] = {"v": v, "k": keys or {}, "p": prefixes or {}, "ts": int(argv[2]),
+                                          "wm": self.watermark, "x": argv[4]}
             if argv[6]:
                 message["h"] = argv[6]
             if argv[7]:
@@ -196,7 +196,8 @@ def test_properties_release_path_survives_restarts_and_replays(txs: list[Tx], da
 def test_hop_timestamps_travel_with_the_published_batch() -> None:
     redis = RedisModel()
     redis.release(release_args("0000000000000005", 7, ("a",), (), hops=hops_arg(1000, 1001.25, 1002.5)))
-    assert redis.published[-1].hops == (1000.0, 1001.25, 1002.5)
+    carried = redis.published[-1]
+    assert carried.hops == (1000.0, 1001.25, 1002.5)
     redis.release(release_args("0000000000000006", 8, ("a",), ()))
     assert redis.published[-1].hops == ()
     assert decode_published('{"v": "0000000000000007", "h": "not numbers"}').hops == ()
