@@ -19,7 +19,7 @@ from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException
 from cdc.assembler import Assembler, whole_tables
 from cdc.connector_watch import ConnectorWatcher
 from cdc.decode import decode
-from cdc.effects import MAX_MESSAGE_BYTES, EffectError, KafkaOutputs, RedisRelease
+from cdc.effects import MAX_MESSAGE_BYTES, TRIM_BATCH, EffectError, KafkaOutputs, RedisRelease
 from cdc.errors import DecodeError
 from cdc.keyset import KeyLimits
 from cdc.metrics import Metrics
@@ -35,6 +35,7 @@ from cdc.versions import lsn_of_version
 log = logging.getLogger(__name__)
 
 LAG_REFRESH_S = 1.0
+MAX_TRIM_CALLS = 100  # per interval: at most 1 M keys dropped, the rest at the next one
 
 
 def consumer_config(settings: Settings) -> dict[str, object]:
@@ -75,7 +76,8 @@ class Pipeline:
         self.stop = stop
         self.assemblers: dict[int, Assembler] = {}
         self.limits = KeyLimits(settings.cdc_max_tx_keys, settings.cdc_max_tx_key_bytes, settings.cdc_max_tx_prefixes)
-        self.redis: Release = redis if redis is not None else RedisRelease(settings.redis_url)
+        self.redis: Release = redis if redis is not None else RedisRelease(settings.redis_url,
+                                                                          track_changes=settings.retention_on)
         self.outputs: Outputs = (outputs if outputs is not None else
                                  KafkaOutputs(settings.kafka_bootstrap, settings.ops_topic, settings.dlq_topic))
         self.consumer: InputConsumer = (consumer if consumer is not None else
@@ -84,6 +86,7 @@ class Pipeline:
         self.replicas = ReplicaWatcher(settings.replicas, metrics) if settings.replicas else None
         self.slot = SlotMonitor(settings.primary_dsn, settings.slot_name, metrics) if settings.primary_dsn else None
         self._last_slot_check = 0.0
+        self._last_trim = 0.0
         self.connector = (ConnectorWatcher(settings.connect_url, settings.connector_name, settings.connect_poll_s,
                                            metrics, stop) if settings.connect_url else None)
 
@@ -155,6 +158,7 @@ class Pipeline:
                     self._process(msgs, time.time() * 1000)
                 self._refresh_lag()
                 self._watch_slot()
+                self._trim_versions()
         finally:
             self.close()
 
@@ -353,6 +357,28 @@ class Pipeline:
             if high >= 0 and pos != OFFSET_INVALID and pos >= 0:
                 lag += max(0, high - pos)
         return lag
+
+    def _trim_versions(self) -> None:
+        """The retention horizon: versions of keys changed before it are dropped (bounded calls)."""
+        now = time.monotonic()
+        s = self.settings
+        if not s.retention_on or now - self._last_trim < s.trim_interval_s:
+            return
+        self._last_trim = now
+        cutoff_ms = int(time.time() * 1000 - s.version_retention_s * 1000) if s.version_retention_s > 0 else -1
+        try:
+            for _ in range(MAX_TRIM_CALLS):
+                dropped = self.redis.trim(cutoff_ms, s.version_max_keys)
+                self.metrics.versions_trimmed.inc(dropped)
+                if dropped < TRIM_BATCH:
+                    break
+            size, horizon = self.redis.store_size()
+        except EffectError as exc:
+            log.warning("could not trim the version store (retried at the next interval): %s", exc)
+            return
+        self.metrics.version_store_keys.set(size)
+        if horizon:
+            self.metrics.version_horizon.set(lsn_of_version(horizon))
 
     def _watch_slot(self) -> None:
         now = time.monotonic()

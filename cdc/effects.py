@@ -16,12 +16,24 @@ from cdc.errors import DecodeError
 from cdc.model import Batch
 from cdc.ops_record import OpsRecord, encode
 from cdc.redis_health import refusal
-from cdc.redis_layout import PREFIXES, RELEASE_LUA, VERSIONS, WATERMARK, hops_arg, release_args, tx_key
+from cdc.redis_layout import (
+    CHANGED,
+    HORIZON,
+    PREFIXES,
+    RELEASE_LUA,
+    TRIM_LUA,
+    VERSIONS,
+    WATERMARK,
+    hops_arg,
+    release_args,
+    tx_key,
+)
 from cdc.versions import is_version
 
 log = logging.getLogger(__name__)
 
 RECOVER_TIMEOUT_S = 10.0
+TRIM_BATCH = 10_000  # keys dropped per trim call: one call never blocks Redis for long
 
 
 class EffectError(RuntimeError):
@@ -50,9 +62,12 @@ def _redis_error(exc: redis.RedisError) -> EffectError:
 class RedisRelease:
     """Advance versions only forward and publish what advanced, one atomic script call per batch."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, track_changes: bool = False) -> None:
         self._redis = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2)
         self._script = self._redis.register_script(RELEASE_LUA)
+        self._trim = self._redis.register_script(TRIM_LUA)
+        # With a retention horizon each advanced key's commit time is recorded, so it can be trimmed.
+        self._keys_extra = [CHANGED] if track_changes else []
 
     def release(self, batches: Sequence[Batch]) -> int:
         """Returns how many keys advanced in all; raises EffectError if Redis did not answer."""
@@ -64,13 +79,29 @@ class RedisRelease:
             for b in batches:
                 hops = hops_arg(*b.arrival_ms, publish_ms) if b.arrival_ms[1] else ""
                 tx = b.token_tx_id  # no marker for snapshot rows: no write token can name them
-                self._script(keys=[VERSIONS, PREFIXES, WATERMARK, tx_key(tx)],
+                self._script(keys=[VERSIONS, PREFIXES, WATERMARK, tx_key(tx), *self._keys_extra],
                              args=release_args(b.version, b.commit_ts_ms, b.keys, b.prefixes, tx, hops=hops,
                                                lapse=b.lapse),
                              client=pipe)
             return sum(int(n) for n in pipe.execute())
         except redis.RedisError as exc:
             raise _redis_error(exc) from exc
+
+    def trim(self, cutoff_ms: int, max_keys: int, batch: int = TRIM_BATCH) -> int:
+        """Drop the versions of keys last changed at or before `cutoff_ms` (or the oldest past `max_keys`),
+        raising the horizon; returns how many went. Raises EffectError if Redis did not answer."""
+        try:
+            return int(self._trim(keys=[VERSIONS, CHANGED, HORIZON], args=[cutoff_ms, max_keys, batch]))
+        except redis.RedisError as exc:
+            raise _redis_error(exc) from exc
+
+    def store_size(self) -> tuple[int, str | None]:
+        """(keys holding a version, the horizon) for the metrics."""
+        try:
+            size, horizon = self._redis.hlen(VERSIONS), self._redis.get(HORIZON)
+        except redis.RedisError as exc:
+            raise _redis_error(exc) from exc
+        return int(size), horizon.decode() if isinstance(horizon, bytes) else None
 
     def refusal(self) -> str | None:
         """Why this Redis cannot keep the version store (cdc/redis_health.py); None if it can or is down."""

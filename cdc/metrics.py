@@ -55,6 +55,12 @@ class Metrics:
             "freshwire_cdc_retention_overruns_total",
             "restarts that found the input topic's retention past the committed offset (every key flushed)",
             registry=r)
+        self.version_store_keys = Gauge("freshwire_version_store_keys", "keys holding a version in Redis",
+                                        registry=r)
+        self.version_horizon = Gauge("freshwire_version_horizon_lsn",
+                                     "the retention horizon: newest version trimmed from the store", registry=r)
+        self.versions_trimmed = Counter("freshwire_versions_trimmed_total",
+                                        "versions dropped past the retention horizon", registry=r)
         self.store_resets = Counter(
             "freshwire_cdc_store_resets_total",
             "assignments that found Redis emptied behind a committed offset (every key flushed)", registry=r)

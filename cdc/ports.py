@@ -61,6 +61,12 @@ class Release(Protocol):
     def refusal(self) -> str | None:
         """Why this Redis cannot keep the version store, with the fix; None if it can or cannot tell."""
 
+    def trim(self, cutoff_ms: int, max_keys: int) -> int:
+        """Drop versions older than the retention horizon, raising it; returns how many went."""
+
+    def store_size(self) -> tuple[int, str | None]:
+        """(keys holding a version, the horizon)."""
+
     def close(self) -> None: ...
 
 

@@ -8,6 +8,9 @@ All keys share the hash tag {fw} so the script's keys live in one slot (Redis Cl
 - STR   {fw}:tx:<xid>   version at which transaction <xid> was released (expires after tx_ttl_s):
                         what read-your-writes tokens wait for
 - PUBSUB fw:inv         one message per released batch that advanced anything (see encode/decode)
+- ZSET  {fw}:changed    cache key -> commit ms of its last change; only with a retention horizon
+- STR   {fw}:horizon    the newest version of any key trimmed from {fw}:versions (the retention
+                        horizon): a key without a version of its own reports it instead of nothing
 
 A key's effective version is the greatest of its own version and the versions of the prefixes it
 starts with. Versions are fixed-width hex, so Lua's string comparison orders them correctly.
@@ -22,9 +25,12 @@ from typing import Any
 VERSIONS = "{fw}:versions"
 PREFIXES = "{fw}:prefixes"
 WATERMARK = "{fw}:watermark"
+CHANGED = "{fw}:changed"
+HORIZON = "{fw}:horizon"
 CHANNEL = "fw:inv"
 
-# KEYS: versions, prefixes, watermark, tx marker.
+# KEYS: versions, prefixes, watermark, tx marker[, changed: when given, each advanced key's commit ms is
+# recorded there for trimming (TRIM_LUA)].
 # ARGV: version, channel, commit_ts_ms, n_keys, tx_id, tx_ttl_s, hops, lapse, keys..., prefixes...
 # `hops` is "<kafka record ts ms> <consumer receipt ms> <publish call ms>" (or empty), carried to the
 # gateways as `h` for the per-hop latency breakdown (bench/latency.py); it changes nothing else.
@@ -33,19 +39,22 @@ CHANNEL = "fw:inv"
 RELEASE_LUA = """
 local v = ARGV[1]
 local nkeys = tonumber(ARGV[4])
-local function advance(hash, first, last)
+local function advance(hash, first, last, changed)
   local advanced = {}
   for i = first, last do
     local cur = redis.call('HGET', hash, ARGV[i])
     if (not cur) or cur < v then
       redis.call('HSET', hash, ARGV[i], v)
       advanced[#advanced + 1] = ARGV[i]
+      if changed then
+        redis.call('ZADD', changed, tonumber(ARGV[3]), ARGV[i])
+      end
     end
   end
   return advanced
 end
-local keys = advance(KEYS[1], 9, 8 + nkeys)
-local prefixes = advance(KEYS[2], 9 + nkeys, #ARGV)
+local keys = advance(KEYS[1], 9, 8 + nkeys, KEYS[5])
+local prefixes = advance(KEYS[2], 9 + nkeys, #ARGV, nil)
 if ARGV[5] ~= '' then
   redis.call('SET', KEYS[4], v, 'EX', tonumber(ARGV[6]))
 end
@@ -66,6 +75,43 @@ if #keys > 0 or #prefixes > 0 or moved then
   redis.call('PUBLISH', ARGV[2], cjson.encode(message))
 end
 return #keys
+"""
+
+
+# The retention horizon (docs/protocol.md "Versions"): drop the versions of keys whose last change is
+# older than a cutoff, or the oldest past a count, and remember the newest version dropped. A key without
+# a version of its own then reports that horizon instead of nothing: a resume can never miss a change
+# (at worst one extra refetch). Atomic with releases; at most `batch` keys per call.
+# KEYS: versions, changed, horizon. ARGV: cutoff ms (keys changed at or before it go), max keys (0: no
+# bound), batch. Returns how many keys were dropped.
+TRIM_LUA = """
+local cutoff, maxkeys, batch = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local victims = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', cutoff, 'LIMIT', 0, batch)
+if maxkeys > 0 then
+  local over = redis.call('ZCARD', KEYS[2]) - maxkeys
+  if over > 0 then
+    for _, k in ipairs(redis.call('ZRANGE', KEYS[2], 0, math.min(over, batch) - 1)) do
+      victims[#victims + 1] = k
+    end
+  end
+end
+local horizon = redis.call('GET', KEYS[3]) or ''
+local dropped = 0
+for _, k in ipairs(victims) do
+  local v = redis.call('HGET', KEYS[1], k)
+  if v then
+    if v > horizon then
+      horizon = v
+    end
+    redis.call('HDEL', KEYS[1], k)
+    dropped = dropped + 1
+  end
+  redis.call('ZREM', KEYS[2], k)
+end
+if horizon ~= '' then
+  redis.call('SET', KEYS[3], horizon)
+end
+return dropped
 """
 
 
@@ -148,9 +194,10 @@ class PrefixSet:
                 found.append(key[:length])
         return found
 
-    def version_of(self, own: str | None, key: str) -> str | None:
-        """A key's version, counting truncates and degraded batches of any prefix it starts with."""
-        best = own
+    def version_of(self, own: str | None, key: str, horizon: str | None = None) -> str | None:
+        """A key's version, counting truncates and degraded batches of any prefix it starts with; a key
+        without a version of its own (never changed, or trimmed) starts from the retention horizon."""
+        best = own if own is not None else horizon
         for prefix in self.covering(key):
             version = self.versions[prefix]
             if best is None or version > best:

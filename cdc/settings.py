@@ -35,6 +35,9 @@ class Settings:
     connect_url: str = ""
     connector_name: str = "freshwire-postgres"
     connect_poll_s: float = 2.0
+    version_retention_s: float = 0.0
+    version_max_keys: int = 0
+    trim_interval_s: float = 10.0
     cdc_max_tx_keys: int = 10_000
     cdc_max_tx_key_bytes: int = 256 * 1024
     cdc_max_tx_prefixes: int = 256
@@ -42,6 +45,10 @@ class Settings:
     @property
     def replicas(self) -> list[str]:
         return [d.strip() for d in self.replica_dsns.split(",") if d.strip()]
+
+    @property
+    def retention_on(self) -> bool:
+        return self.version_retention_s > 0 or self.version_max_keys > 0
 
     @property
     def rules_path(self) -> Path | None:
@@ -71,6 +78,10 @@ HELP = {
     "connect_url": "Kafka Connect's REST URL: watch the connector, restart failed tasks (empty: off)",
     "connector_name": "the Debezium connector's name in Connect",
     "connect_poll_s": "how often the connector's status is read",
+    "version_retention_s": "keep versions of keys changed within this many seconds; older ones report the "
+                           "retention horizon instead (docs/protocol.md); 0: keep every version",
+    "version_max_keys": "keep at most this many keys' versions (the oldest changes go first); 0: no bound",
+    "trim_interval_s": "how often versions past the retention horizon are trimmed",
     "cdc_max_tx_keys": "keys one transaction carries one by one; past it keys become prefixes (docs/cdc.md)",
     "cdc_max_tx_key_bytes": "bytes of keys one transaction carries one by one; past it keys become prefixes",
     "cdc_max_tx_prefixes": "prefixes one degraded transaction carries; past it prefixes lose a field",

@@ -18,6 +18,7 @@ class MemoryBackend:
         self.prefixes: dict[str, str] = {}
         self.wm: str | None = None
         self.txs: dict[str, str] = {}
+        self.horizon: str | None = None  # the newest version trimmed (as TRIM_LUA keeps it)
         self.healthy = True
         self._queue: asyncio.Queue[Event] = asyncio.Queue(QUEUE_BOUND)
 
@@ -53,7 +54,14 @@ class MemoryBackend:
 
     async def read_versions(self, keys: Sequence[str]) -> dict[str, str | None]:
         released = PrefixSet(self.prefixes)
-        return {k: released.version_of(self.versions.get(k), k) for k in keys}
+        return {k: released.version_of(self.versions.get(k), k, self.horizon) for k in keys}
+
+    def trim(self, keys: Sequence[str]) -> None:
+        """Drop these keys' versions as the retention horizon does (cdc/redis_layout.py TRIM_LUA)."""
+        for k in keys:
+            v = self.versions.pop(k, None)
+            if v is not None and (self.horizon is None or v > self.horizon):
+                self.horizon = v
 
     async def watermark(self) -> str | None:
         return self.wm

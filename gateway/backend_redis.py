@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Sequence
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from cdc.redis_layout import CHANNEL, PREFIXES, VERSIONS, WATERMARK, PrefixSet, decode_published, tx_key
+from cdc.redis_layout import CHANNEL, HORIZON, PREFIXES, VERSIONS, WATERMARK, PrefixSet, decode_published, tx_key
 from gateway.backend import RESYNC, BackendUnavailable, Event
 
 log = logging.getLogger(__name__)
@@ -54,11 +54,13 @@ class RedisBackend:
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.hmget(VERSIONS, list(keys))
                 pipe.hgetall(PREFIXES)
-                own, prefixes = await pipe.execute()
+                pipe.get(HORIZON)
+                own, prefixes, horizon = await pipe.execute()
         except (RedisError, OSError) as exc:
             raise BackendUnavailable(str(exc)) from exc
         released = PrefixSet({_text(p) or "": _text(v) or "" for p, v in prefixes.items()})
-        return {k: released.version_of(_text(v), k) for k, v in zip(keys, own, strict=True)}
+        floor = _text(horizon)
+        return {k: released.version_of(_text(v), k, floor) for k, v in zip(keys, own, strict=True)}
 
     async def watermark(self) -> str | None:
         try:

@@ -131,6 +131,12 @@ class FakeRelease:
     def refusal(self) -> str | None:
         return None
 
+    def trim(self, cutoff_ms: int, max_keys: int) -> int:
+        return 0
+
+    def store_size(self) -> tuple[int, str | None]:
+        return 0, None
+
     def close(self) -> None:
         self.closed = True
 
