@@ -132,10 +132,11 @@ class FakeRelease:
         return None
 
     def trim(self, cutoff_ms: int, max_keys: int) -> int:
-        return 0
+        self.effects.append(f"trim {cutoff_ms} {max_keys}")
+        return 3
 
     def store_size(self) -> tuple[int, str | None]:
-        return 0, None
+        return 42, "00000000019d0138"
 
     def close(self) -> None:
         self.closed = True
@@ -190,14 +191,14 @@ class Shell:
 
     def __init__(self, *, chunks: Sequence[list[Message]] = (), committed: int = NO_OFFSET, log_start: int = 0,
                  redis_failures: float = 0, watermark: str | None = None, ops_failures: float = 0,
-                 ops_version: str = "", retry_max_s: float = 5.0) -> None:
+                 ops_version: str = "", retry_max_s: float = 5.0, retention_s: float = 0.0) -> None:
         self.effects: list[str] = []
         self.stop = threading.Event()
         self.metrics = Metrics()
         self.consumer = FakeConsumer(self.effects, chunks, committed, log_start, when_drained=self.stop.set)
         self.redis = FakeRelease(self.effects, redis_failures, watermark)
         self.outputs = FakeOutputs(self.effects, ops_failures, ops_version)
-        settings = Settings(cdc_retry_max_s=retry_max_s)
+        settings = Settings(cdc_retry_max_s=retry_max_s, version_retention_s=retention_s)
         self.pipeline = Pipeline(settings, RULES, self.metrics, self.stop, consumer=self.consumer, redis=self.redis,
                                  outputs=self.outputs)
 
@@ -351,3 +352,23 @@ def test_consumer_shell_emptied_store_flushes_every_key_with_the_first_release()
     assert [(b.tx_id, b.lapse) for b in shell.redis.released] == [("733", "flush"), ("734", ""), ("735", "")]
     assert shell.metric("freshwire_cdc_store_resets_total") == 1
     assert shell.metric("freshwire_cdc_retention_overruns_total") == 0
+
+
+def test_consumer_shell_trims_versions_past_the_retention_horizon() -> None:
+    """#12: with a retention horizon the loop trims, at most once per interval, and exports the store's size."""
+    shell = Shell(retention_s=60).assign()
+    before_ms = time.time() * 1000 - 60_000
+    shell.pipeline._trim_versions()
+    shell.pipeline._trim_versions()  # within the interval: nothing more
+    trims = [e for e in shell.effects if e.startswith("trim")]
+    assert len(trims) == 1
+    cutoff, max_keys = (int(x) for x in trims[0].split()[1:])
+    assert before_ms - 1000 <= cutoff <= before_ms + 1000 and max_keys == 0
+    assert shell.metric("freshwire_versions_trimmed_total") == 3
+    assert shell.metric("freshwire_version_store_keys") == 42
+
+
+def test_consumer_shell_keeps_every_version_by_default() -> None:
+    shell = Shell().assign()
+    shell.pipeline._trim_versions()
+    assert not [e for e in shell.effects if e.startswith("trim")]
