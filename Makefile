@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 
-.PHONY: install up up-bg down clean test test-unit lint bench bench-latency bench-throughput bench-fanout bench-dbload bench-consistency bench-bigtx
+.PHONY: install up up-bg down clean test test-unit lint bench bench-latency bench-throughput bench-fanout bench-dbload bench-consistency bench-bigtx bench-redis
 
 install:
 	@bash connectors/install.sh
@@ -40,7 +40,7 @@ lint:
 # Benchmarks print tables and write bench/results/<name>.json and .png (each starts the stack it
 # needs and stops what it started). `make bench` runs them all one after the other (~40 minutes,
 # 10 of them the sustained-throughput hold); never run two at once: they share the two cores.
-bench: bench-latency bench-throughput bench-fanout bench-dbload bench-consistency bench-bigtx
+bench: bench-latency bench-throughput bench-fanout bench-dbload bench-consistency bench-bigtx bench-redis
 
 bench-latency: install
 	@$(PY) -m bench.latency
@@ -59,3 +59,6 @@ bench-consistency: install
 
 bench-bigtx: install
 	@$(PY) -m bench.bigtx
+
+bench-redis: install
+	@$(PY) -m bench.redis_release
