@@ -65,6 +65,18 @@ CREATE TABLE IF NOT EXISTS documents (
   meta      jsonb NOT NULL DEFAULT '{}'::jsonb
 );
 
+-- Rows keyed by text with any characters (keys are encoded: docs/cdc.md), and a table without a
+-- primary key: captured with REPLICA IDENTITY FULL, so its UPDATEs and DELETEs keep working.
+CREATE TABLE IF NOT EXISTS probe_text (
+  id  text PRIMARY KEY,
+  val text
+);
+CREATE TABLE IF NOT EXISTS events_log (
+  tenant_id int  NOT NULL,
+  kind      text NOT NULL,
+  at        timestamptz NOT NULL DEFAULT now()
+);
+
 -- Written by Debezium's heartbeat action query so positions move on a quiet database.
 CREATE TABLE IF NOT EXISTS freshwire_heartbeat (
   id      int PRIMARY KEY,
@@ -77,6 +89,7 @@ ALTER TABLE cards REPLICA IDENTITY FULL;
 ALTER TABLE outbox REPLICA IDENTITY FULL;
 ALTER TABLE chaos_items REPLICA IDENTITY FULL;
 ALTER TABLE documents REPLICA IDENTITY FULL;
+ALTER TABLE events_log REPLICA IDENTITY FULL;
 
 ALTER TABLE boards OWNER TO app;
 ALTER TABLE cards OWNER TO app;
@@ -84,6 +97,8 @@ ALTER TABLE outbox OWNER TO app;
 ALTER TABLE idempotency_keys OWNER TO app;
 ALTER TABLE chaos_items OWNER TO app;
 ALTER TABLE documents OWNER TO app;
+ALTER TABLE probe_text OWNER TO app;
+ALTER TABLE events_log OWNER TO app;
 GRANT SELECT ON ALL TABLES IN SCHEMA public TO freshwire_cdc;
 GRANT SELECT, INSERT, UPDATE ON freshwire_heartbeat TO freshwire_cdc;
 ALTER DEFAULT PRIVILEGES FOR ROLE app IN SCHEMA public GRANT SELECT ON TABLES TO freshwire_cdc;

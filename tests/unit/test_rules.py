@@ -33,7 +33,8 @@ def _captured_change(name: str, offset: int) -> RowChange:
 
 def test_rules_demo_file_loads() -> None:
     assert set(DEMO.tables) == {"public.cards", "public.boards", "public.outbox", "public.freshwire_heartbeat",
-                                "public.idempotency_keys", "public.chaos_items", "public.documents"}
+                                "public.idempotency_keys", "public.chaos_items", "public.documents",
+                                "public.probe_text", "public.events_log"}
     cards = DEMO.tables["public.cards"]
     assert [t.text for t in cards.templates] == [
         "card:{id}", "board:{board_id}", "tenant:{tenant_id}:card:{id}", "tenant:{tenant_id}:board:{board_id}"]
