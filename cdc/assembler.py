@@ -9,7 +9,7 @@ transactions; the END event's LSN is the commit record's end position, which is.
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass, field, replace
 
 from cdc.keyset import KeyLimits, KeySet
@@ -24,12 +24,12 @@ class _OpenTx:
     first_offset: int
     keys: KeySet
     ops: dict[str, dict[str, int]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(int)))
-    events: Counter[str] = field(default_factory=Counter)  # per data collection, to check against END
+    events: dict[str, int] = field(default_factory=dict)  # per data collection, to check against END
 
     def add(self, change: RowChange, inv: Invalidation) -> None:
         self.keys.add(change.qualified, inv.keys, inv.prefixes)
         self.ops[change.qualified][change.op] += 1
-        self.events[change.qualified] += 1
+        self.events[change.qualified] = self.events.get(change.qualified, 0) + 1
 
 
 # Debezium counts a transaction's logical messages under a Java object's name, not a table's.
@@ -119,8 +119,9 @@ class Assembler:
     def _end(self, end: TxEnd, offset: int) -> Batch | None:
         tx = self._open if self._open is not None and self._open.tx_id == end.tx_id else self._new_tx(end.tx_id, offset)
         self._open = None
-        missing = tuple((table, expected - tx.events[table]) for table, expected in end.collections
-                        if expected > tx.events[table] and not table.startswith(NOT_A_TABLE))
+        seen = tx.events
+        missing = tuple((table, expected - seen.get(table, 0)) for table, expected in end.collections
+                        if expected > seen.get(table, 0) and not table.startswith(NOT_A_TABLE))
         for table, _n in missing:
             inv = self._rules.for_missing(table)
             tx.keys.add(table, inv.keys, inv.prefixes)

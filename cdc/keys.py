@@ -25,8 +25,10 @@ def valid_key(key: object) -> bool:
 
 def encode_value(value: object) -> str:
     """One column value as it appears inside a key."""
+    if type(value) is int:  # the common case, on the consumer's hot path: digits and '-' only
+        return str(value)
     text = ("true" if value else "false") if isinstance(value, bool) else str(value)
-    if all(c in _VALUE_SAFE for c in text):
+    if (text.isascii() and text.isalnum()) or all(c in _VALUE_SAFE for c in text):
         return text
     return "".join(c if c in _VALUE_SAFE else "".join(f"={b:02X}" for b in c.encode("utf-8", "surrogatepass"))
                    for c in text)
