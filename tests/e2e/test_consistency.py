@@ -11,12 +11,14 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
+from typing import Any
 
 import psycopg
 import pytest
 import websockets
 from websockets.typing import Subprotocol
 
+from clients.python.client import Client
 from connectors import procs, services
 from connectors.stack_settings import StackSettings
 from gateway.tokens import write_token
@@ -39,6 +41,23 @@ def cdc_gated(s: StackSettings, gated: bool) -> Iterator[None]:
         yield
     finally:
         swap(s)
+
+
+@contextlib.contextmanager
+def cdc_with(s: StackSettings, env: dict[str, str]) -> Iterator[None]:
+    """Swap the session's consumer for one with extra FRESHWIRE_* settings; restore it afterwards."""
+    def swap(extra: dict[str, str]) -> None:
+        procs.stop("cdc", s.pids_dir)
+        proc = services.cdc_proc(s)
+        proc.env.update(extra)
+        procs.start(proc, s.pids_dir)
+        procs.wait_ready(proc)
+
+    swap(env)
+    try:
+        yield
+    finally:
+        swap({})
 
 
 @pytest.fixture
@@ -229,3 +248,25 @@ def test_consistency_write_token_works_with_any_row_factory(stack_settings: Stac
     with psycopg.connect(stack_settings.app_dsn, row_factory=dict_row) as conn:
         assert write_token(conn).startswith("fw1:")
         conn.rollback()
+
+
+async def test_consistency_release_past_max_hold_reaches_clients_as_a_lapse(replica: StackSettings) -> None:
+    """#11 "tell clients when a guarantee lapses": with max_hold (50 ms) below the replica's apply delay
+    (300 ms) and the release policy, the consumer releases before the replica has the commit; the
+    subscriber gets the invalidate, then a `replica_lag` lapse naming the key (a replica read may
+    still be stale)."""
+    s = replica
+    _board, ids = _cards(s, 1)
+    key = f"card:{ids[0]}"
+    lapses: list[dict[str, Any]] = []
+    with cdc_with(s, {"FRESHWIRE_MAX_HOLD_MS": "50", "FRESHWIRE_HOLD_POLICY": "release"}):
+        async with Client(ws_url(s), token=token(["card:*"]), on_lapse=lapses.append) as c:
+            await c.subscribe([key])
+            await settle(c, {key: floors[key]}, timeout_s=30)
+            with psycopg.connect(s.app_dsn, autocommit=True) as conn:
+                conn.execute("UPDATE cards SET title = 'past max_hold' WHERE id = %s", (ids[0],))
+            deadline = time.monotonic() + 20
+            while not any(lapse["reason"] == "replica_lag" and key in lapse["keys"] for lapse in lapses):
+                assert time.monotonic() < deadline, f"no replica_lag lapse for {key}: {lapses}"
+                await asyncio.sleep(0.05)
+            assert (c.versions.get(key) or "") >= max(lapse["version"] for lapse in lapses)
