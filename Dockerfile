@@ -14,6 +14,7 @@ WORKDIR /app
 
 # Dependencies first so that editing the code does not reinstall them: pyproject.toml and the pins.
 COPY pyproject.toml constraints.txt ./
+COPY contract ./contract
 COPY cdc ./cdc
 COPY gateway ./gateway
 COPY connectors ./connectors

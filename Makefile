@@ -30,8 +30,8 @@ test-unit: install
 # tests/ has no packages and each test directory imports its helpers by bare name (as pytest does), so
 # mypy checks it one directory at a time, with that directory (and what it imports) on MYPYPATH.
 lint:
-	@.venv/bin/ruff check cdc gateway connectors demo clients bench tests
-	@.venv/bin/mypy cdc gateway connectors demo clients bench
+	@.venv/bin/ruff check contract cdc gateway connectors demo clients bench tests
+	@.venv/bin/mypy contract cdc gateway connectors demo clients bench
 	@MYPYPATH=tests/unit .venv/bin/mypy --explicit-package-bases tests/unit
 	@MYPYPATH=tests/gateway .venv/bin/mypy --explicit-package-bases tests/gateway
 	@MYPYPATH=tests/security:tests/gateway .venv/bin/mypy --explicit-package-bases tests/security

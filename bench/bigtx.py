@@ -25,11 +25,11 @@ from confluent_kafka import Consumer, TopicPartition
 
 from bench.procfs import cpu_seconds, rss_kb
 from bench.report import machine_info, write_json
-from cdc import topics
 from cdc.rules import load_rules
 from clients.python.client import Client
 from connectors import procs, register, services, stack
 from connectors.stack_settings import StackSettings, load_stack_settings
+from contract import topics
 from tests.e2e.helpers import client, new_board, next_id, subscribe_settled, until, write
 
 STEP_TIMEOUT_S = 300.0

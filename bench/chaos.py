@@ -33,10 +33,10 @@ from typing import Any
 
 import psycopg
 
-from cdc.versions import lsn_of_text, version_of_lsn
 from clients.python.client import Client
 from connectors import procs, register, services, stack
 from connectors.stack_settings import StackSettings, load_stack_settings
+from contract.versions import lsn_of_text, version_of_lsn
 from gateway.auth import mint
 
 RESULTS = Path(__file__).parent / "results"

@@ -67,10 +67,10 @@ from bench.dbload_clients import TENANT, ArmResult, ClientPlan, Mode, client_pro
 from bench.dbload_metrics import Commit, pct_over, read_cost_ms, target_of
 from bench.dbload_pg import CLK_TCK, snapshot, statements
 from bench.dbload_report import plot, print_table, summarize
-from cdc.versions import lsn_of_text, version_of_lsn
 from clients.python.tokens import WRITE_TOKEN_SQL
 from connectors import procs, register, stack
 from connectors.stack_settings import StackSettings, load_stack_settings
+from contract.versions import lsn_of_text, version_of_lsn
 from demo.store import CARD_FIELDS, COLUMNS
 
 ARMS: dict[str, Mode | None] = {"baseline": None, "polling": "poll", "freshwire-direct": "direct",

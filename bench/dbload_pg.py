@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 
 from bench import procfs
-from cdc.versions import lsn_of_text
+from contract.versions import lsn_of_text
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 TOP_STATEMENTS = 6

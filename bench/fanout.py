@@ -11,7 +11,7 @@ in /tmp/fw-fanout): redis-server (Debian's, through connectors/services), the re
 (bench/fanout_load.py, `websockets` asyncio clients; each binds its own 127.0.0.x source address) and
 this process, which is the one publisher. Postgres, Debezium, Kafka and the cdc consumer are not
 needed: invalidations are injected the way the consumer releases them, by running
-cdc.redis_layout's release script with strictly increasing versions; both servers receive its
+contract.redis_layout's release script with strictly increasing versions; both servers receive its
 PUBLISH over Redis pubsub (the reference relays the raw message).
 
 Phases, first Freshwire then the reference for each:
@@ -62,10 +62,10 @@ import redis
 from bench import report
 from bench.fanout_load import client_main, raise_nofile
 from bench.procfs import connections_held, cpu_snapshot, cpu_split, fd_count, rlimit_nofile, rss_kb
-from cdc.redis_layout import PREFIXES, RELEASE_LUA, VERSIONS, WATERMARK, release_args, tx_key
-from cdc.versions import lsn_of_version, version_of_lsn
 from connectors import procs, services
 from connectors.stack_settings import REPO, StackSettings, load_stack_settings
+from contract.redis_layout import PREFIXES, RELEASE_LUA, VERSIONS, WATERMARK, release_args, tx_key
+from contract.versions import lsn_of_version, version_of_lsn
 from gateway.auth import mint
 
 SECRET = os.environ.get("FRESHWIRE_JWT_SECRET", "freshwire-dev-secret-change-me-in-production")
@@ -150,7 +150,7 @@ class Rig:
 
 
 class Publisher:
-    """The one publisher: cdc.redis_layout's release script, as the cdc consumer runs it."""
+    """The one publisher: contract.redis_layout's release script, as the cdc consumer runs it."""
 
     def __init__(self, url: str) -> None:
         self.redis = redis.Redis.from_url(url, socket_timeout=5)

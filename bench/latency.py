@@ -43,9 +43,9 @@ import redis
 import websockets
 
 from bench.report import machine_info, pyplot, save_figure, summary, write_json
-from cdc.redis_layout import CHANNEL, decode_published
 from connectors import register, stack
 from connectors.stack_settings import StackSettings, load_stack_settings
+from contract.redis_layout import CHANNEL, decode_published
 from gateway.auth import mint
 
 SECRET = os.environ.get("FRESHWIRE_JWT_SECRET", "freshwire-dev-secret-change-me-in-production")

@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 from websockets.asyncio.server import ServerConnection, broadcast, serve
 from websockets.http11 import Request, Response
 
-from cdc.redis_layout import CHANNEL
+from contract.redis_layout import CHANNEL
 
 log = logging.getLogger(__name__)
 

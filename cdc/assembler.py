@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from cdc.keyset import KeyLimits, KeySet
 from cdc.model import NO_TRANSACTION, Batch, Heartbeat, LogicalMessage, Record, RowChange, Tombstone, TxBegin, TxEnd
 from cdc.rules import Invalidation, Rules
-from cdc.versions import version_of_lsn
+from contract.versions import version_of_lsn
 
 
 @dataclass

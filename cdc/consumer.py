@@ -30,7 +30,7 @@ from cdc.replicas import HoldPolicy, ReplicaWatcher, decide
 from cdc.rules import Rules
 from cdc.settings import Settings
 from cdc.slot import SlotMonitor
-from cdc.versions import lsn_of_version
+from contract.versions import lsn_of_version
 
 log = logging.getLogger(__name__)
 

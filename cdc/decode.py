@@ -12,7 +12,7 @@ import orjson
 
 from cdc.errors import DecodeError
 from cdc.model import Heartbeat, LogicalMessage, Op, Record, Row, RowChange, Tombstone, TxBegin, TxEnd
-from cdc.versions import MAX_LSN
+from contract.versions import MAX_LSN
 
 OPS: frozenset[str] = frozenset({"c", "u", "d", "r", "t"})
 MAX_RECORD_BYTES = 16 * 1024 * 1024

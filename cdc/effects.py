@@ -14,9 +14,9 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from cdc.decode import MAX_RECORD_BYTES
 from cdc.errors import DecodeError
 from cdc.model import Batch
-from cdc.ops_record import OpsRecord, encode
-from cdc.redis_health import refusal
-from cdc.redis_layout import (
+from contract.ops_record import OpsRecord, encode
+from contract.redis_health import refusal
+from contract.redis_layout import (
     CHANGED,
     HORIZON,
     PREFIXES,
@@ -28,7 +28,7 @@ from cdc.redis_layout import (
     release_args,
     tx_key,
 )
-from cdc.versions import is_version
+from contract.versions import is_version
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,8 @@ class RedisRelease:
 
 
 def ops_record(batch: Batch) -> bytes:
-    return encode(OpsRecord.of(batch))
+    return encode(OpsRecord(batch.version, batch.tx_id, batch.commit_ts_ms, batch.keys, batch.prefixes,
+                           batch.ops, batch.degraded, dict(batch.missing)))
 
 
 # Broker, topics, producers and consumers share one record size limit (docs/cdc.md, "Limits").

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from cdc.redis_health import store_was_emptied
+from contract.redis_health import store_was_emptied
 
 # store_emptied: Redis holds no watermark behind a committed offset (it lost the version store).
 # retention_overrun: records between the committed offset and the log start expired unread.

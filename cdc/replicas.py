@@ -18,7 +18,7 @@ import psycopg
 
 from cdc.metrics import Metrics
 from cdc.model import Batch
-from cdc.versions import lsn_of_text, lsn_of_version
+from contract.versions import lsn_of_text, lsn_of_version
 
 log = logging.getLogger(__name__)
 

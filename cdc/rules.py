@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from cdc.errors import RulesError
-from cdc.keys import KEY_RE, MAX_KEY_LENGTH, encode_key, encode_value
 from cdc.model import Row, RowChange
+from contract.keys import KEY_RE, MAX_KEY_LENGTH, encode_key, encode_value
 
 IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 OUTBOX_KEYS, OUTBOX_TYPE, OUTBOX_ID = "keys", "aggregatetype", "aggregateid"

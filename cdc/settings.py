@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from cdc import envflags, topics
 from cdc.errors import SettingsError
+from contract import envflags, topics
 
 
 @dataclass(frozen=True)

@@ -27,9 +27,7 @@ from typing import Any
 import psycopg
 import redis
 
-from cdc import topics
 from cdc.errors import RulesError
-from cdc.redis_layout import PREFIXES, VERSIONS, WATERMARK
 from cdc.rules import Rules, load_rules
 from connectors.doctor_checks import (
     DEFAULT_NAMES,
@@ -43,6 +41,8 @@ from connectors.doctor_checks import (
     rules_check,
 )
 from connectors.doctor_postgres import PgFacts, PublicationFacts, RoleFacts, SlotFacts, TableFacts, evaluate_postgres
+from contract import topics
+from contract.redis_layout import PREFIXES, VERSIONS, WATERMARK
 
 CONNECT_TIMEOUT_S = 5  # PostgreSQL and Redis: connecting
 STATEMENT_TIMEOUT_MS = 10_000  # each catalog query

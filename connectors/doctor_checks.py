@@ -15,12 +15,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-from cdc import topics
 from cdc.errors import RulesError
-from cdc.redis_health import evicts_version_store
-from cdc.redis_layout import PREFIXES, VERSIONS, WATERMARK
 from cdc.rules import Rules
 from connectors.capture import capture_settings
+from contract import topics
+from contract.redis_health import evicts_version_store
+from contract.redis_layout import PREFIXES, VERSIONS, WATERMARK
 
 Level = Literal["ok", "skipped", "warning", "blocker"]
 SEVERITY: dict[Level, int] = {"ok": 0, "skipped": 0, "warning": 1, "blocker": 2}

@@ -14,12 +14,12 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from cdc import topics
 from cdc.effects import MAX_MESSAGE_BYTES
 from cdc.rules import load_rules
 from connectors import publication
 from connectors.procs import Proc, run_as
 from connectors.stack_settings import REPO, StackSettings
+from contract import topics
 from gateway.settings import DEV_SECRET
 
 PG_USER = "postgres"

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from cdc import envflags
+from contract import envflags
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -17,7 +17,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from cdc import envflags
+from contract import envflags
 from demo.store import COLUMNS, Conflict, Store
 from gateway.auth import mint
 from gateway.errors import SettingsError

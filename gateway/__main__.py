@@ -28,7 +28,7 @@ def redis_refusal(url: str) -> str | None:
         return None
     import redis
 
-    from cdc.redis_health import refusal
+    from contract.redis_health import refusal
 
     try:
         with redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2) as client:

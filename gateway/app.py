@@ -21,7 +21,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from cdc.keys import valid_key
+from contract.keys import valid_key
 from gateway import errors as E
 from gateway import protocol
 from gateway.auth import Verifier, token_from

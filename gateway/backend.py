@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from typing import Final, Protocol
 
-from cdc.redis_layout import Published
+from contract.redis_layout import Published
 
 
 class _Resync:

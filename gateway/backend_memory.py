@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 
-from cdc.redis_layout import PrefixSet, Published
+from contract.redis_layout import PrefixSet, Published
 from gateway.backend import RESYNC, Event
 
 QUEUE_BOUND = 100_000
@@ -57,7 +57,7 @@ class MemoryBackend:
         return {k: released.version_of(self.versions.get(k), k, self.horizon) for k in keys}
 
     def trim(self, keys: Sequence[str]) -> None:
-        """Drop these keys' versions as the retention horizon does (cdc/redis_layout.py TRIM_LUA)."""
+        """Drop these keys' versions as the retention horizon does (contract/redis_layout.py TRIM_LUA)."""
         for k in keys:
             v = self.versions.pop(k, None)
             if v is not None and (self.horizon is None or v > self.horizon):

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Sequence
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from cdc.redis_layout import CHANNEL, HORIZON, PREFIXES, VERSIONS, WATERMARK, PrefixSet, decode_published, tx_key
+from contract.redis_layout import CHANNEL, HORIZON, PREFIXES, VERSIONS, WATERMARK, PrefixSet, decode_published, tx_key
 from gateway.backend import RESYNC, BackendUnavailable, Event
 
 log = logging.getLogger(__name__)

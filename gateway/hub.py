@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from cdc.redis_layout import PrefixSet, Published
+from contract.redis_layout import PrefixSet, Published
 from gateway.session import Session
 
 

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from cdc.keys import valid_key  # the key alphabet lives with the encoding of values in keys
+from contract.keys import valid_key  # the key alphabet lives with the encoding of values in keys
 from gateway import errors as E
 from gateway.errors import ProtocolError
 

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 
-from cdc.redis_layout import Published
+from contract.redis_layout import Published
 from gateway.awaits import Awaits
 from gateway.backend import Backend, BackendUnavailable
 from gateway.hub import Hub

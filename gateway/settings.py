@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from cdc import envflags
+from contract import envflags
 from gateway.errors import SettingsError
 
 

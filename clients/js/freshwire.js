@@ -38,7 +38,7 @@ const LAG_TRACKED = 10000;       // invalidations awaited by lagMs() at most (pa
  *  `maxSubscriptions` itself). `keys`: the keys a refused subscribe() lost. */
 const VALUE_SAFE = /^[A-Za-z0-9_.@+-]$/;
 
-/** One column value as it appears inside a key (cdc/keys.py encode_value): characters outside
+/** One column value as it appears inside a key (contract/keys.py encode_value): characters outside
  *  A-Z a-z 0-9 _ . @ + - become =XX per UTF-8 byte; booleans are true/false. */
 export function encodeValue(value) {
   const text = typeof value === "boolean" ? String(value) : String(value);
@@ -51,7 +51,7 @@ export function encodeValue(value) {
 }
 
 /** The key a rule template renders for these column values, exactly as the consumer renders it
- *  (cdc/keys.py key_for): keyFor("tenant:{tenant_id}:doc:{id}", {tenant_id: 7, id: "José"}). */
+ *  (contract/keys.py key_for): keyFor("tenant:{tenant_id}:doc:{id}", {tenant_id: 7, id: "José"}). */
 export function keyFor(template, values) {
   return template.replace(/\{([A-Za-z_][A-Za-z0-9_]*)\}/g, (_m, name) => {
     if (!(name in values)) throw new Error(`keyFor: no value for {${name}}`);

@@ -32,8 +32,6 @@ from typing import Any
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
-from cdc.keys import key_for as key_for  # re-exported: clients build keys as the consumer renders them
-from cdc.keys import valid_key
 from clients.python.outbox import (
     CLOSE_ABNORMAL,
     FRAME_BURST,
@@ -55,6 +53,8 @@ from clients.python.outbox import (
     attempt_after_close,
     backoff_delay,
 )
+from contract.keys import key_for as key_for  # re-exported: clients build keys as the consumer renders them
+from contract.keys import valid_key
 from gateway import errors as E
 from gateway.protocol import SUBPROTOCOL, VERSION_RE
 

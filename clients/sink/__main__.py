@@ -7,7 +7,7 @@ import sys
 
 from confluent_kafka import KafkaException
 
-from cdc.process import stop_on_signals
+from contract.process import stop_on_signals
 from clients.sink.run import Sink
 from clients.sink.settings import SettingsError, load_settings
 

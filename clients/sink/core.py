@@ -17,7 +17,7 @@ import hmac
 from dataclasses import dataclass
 from typing import Literal
 
-from cdc.ops_record import OpsRecord, OpsRecordError, decode, encode
+from contract.ops_record import OpsRecord, OpsRecordError, decode, encode
 
 SIGNATURE_HEADER = "X-Freshwire-Signature"
 TIMESTAMP_HEADER = "X-Freshwire-Timestamp"

@@ -7,7 +7,7 @@ import argparse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from cdc import envflags, topics
+from contract import envflags, topics
 
 
 class SettingsError(ValueError):

@@ -10,8 +10,8 @@ from collections.abc import Callable
 
 import psycopg
 
-from cdc.versions import lsn_of_text, version_of_lsn
 from connectors.stack_settings import StackSettings
+from contract.versions import lsn_of_text, version_of_lsn
 from gateway.auth import mint
 from gateway.client import Client
 

@@ -9,8 +9,8 @@ import json
 import urllib.parse
 import urllib.request
 
-from cdc.keys import key_for, valid_key
 from connectors.stack_settings import StackSettings
+from contract.keys import key_for, valid_key
 from tests.e2e.helpers import client, next_id, token, until, write
 
 ODD = ["José Ñ,x*", "a:b/c=d 100%", "tab\there 🙂", "plain-1"]

@@ -77,7 +77,7 @@ def _cards(s: StackSettings, n: int) -> tuple[int, list[int]]:
         inside = conn.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()
         conn.commit()
     assert inside is not None
-    from cdc.versions import lsn_of_text, version_of_lsn
+    from contract.versions import lsn_of_text, version_of_lsn
 
     floors.update({f"card:{i}": version_of_lsn(lsn_of_text(str(inside[0]))) for i in ids})
     return board, ids

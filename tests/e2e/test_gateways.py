@@ -154,7 +154,7 @@ async def test_e2e_client_that_stops_reading_stays_bounded_then_catches_up(stack
         # one pending entry per subscribed key (+ the few replies) is the most the server may hold
         assert max(depths) <= len(keys) + 5, max(depths)
         # now read everything: the newest version of each key arrives, in order, once
-        from cdc.versions import lsn_of_text, version_of_lsn
+        from contract.versions import lsn_of_text, version_of_lsn
 
         final: dict[str, str] = {}
         seen: list[tuple[str, str]] = []

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
-from cdc.versions import lsn_of_text, version_of_lsn
 from connectors.stack_settings import StackSettings
+from contract.versions import lsn_of_text, version_of_lsn
 from tests.e2e.helpers import (
     CardWriter,
     assert_in_order_once,

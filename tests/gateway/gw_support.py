@@ -16,7 +16,7 @@ from typing import Any
 import anyio
 from starlette.testclient import TestClient, WebSocketTestSession
 
-from cdc.redis_layout import Published
+from contract.redis_layout import Published
 from gateway.auth import mint
 from gateway.backend_memory import MemoryBackend
 from gateway.settings import GatewaySettings

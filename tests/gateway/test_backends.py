@@ -11,8 +11,8 @@ from collections.abc import Callable
 import pytest
 import redis
 
-from cdc.redis_layout import PREFIXES, VERSIONS, tx_key
 from connectors.stack_settings import StackSettings
+from contract.redis_layout import PREFIXES, VERSIONS, tx_key
 from gateway.backend import Backend
 from gateway.backend_memory import MemoryBackend
 from gateway.backend_redis import POOL_SIZE, RedisBackend

@@ -157,7 +157,7 @@ def test_versions_accepts_every_valid_key(gw: Gateway) -> None:
     it) are read by /v1/versions as they are, whether sent raw or percent-encoded."""
     from urllib.parse import quote
 
-    from cdc.keys import encode_value
+    from contract.keys import encode_value
 
     keys = ["a+b", "x=y", "p/q@r", f"probe_text:{encode_value('José Ñ,x*')}"]
     gw.release(ver(4), keys)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import generate_latest
 
-from cdc.redis_layout import Published
+from contract.redis_layout import Published
 from gateway.hub import Hub
 from gateway.metrics import GatewayMetrics
 from gateway.session import Session

@@ -9,7 +9,7 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cdc.redis_layout import Published
+from contract.redis_layout import Published
 from gateway.hub import Hub
 from gateway.session import Session
 from gateway.ws import Wake

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from cdc.effects import RedisRelease
 from cdc.model import Batch
-from cdc.redis_layout import CHANGED, VERSIONS
+from contract.redis_layout import CHANGED, VERSIONS
 from gateway.backend_memory import MemoryBackend
 from gateway.backend_redis import RedisBackend
 

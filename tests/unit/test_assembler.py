@@ -13,7 +13,7 @@ from cdc.assembler import Assembler
 from cdc.decode import decode
 from cdc.model import Batch, LogicalMessage, Record, TxBegin, TxEnd
 from cdc.rules import Rules, load_rules
-from cdc.versions import version_of_lsn
+from contract.versions import version_of_lsn
 
 RULES = load_rules(DEMO_RULES)
 CAPTURE = [(c.offset, decode(c.key, c.value)) for c in stack_capture()]

@@ -21,7 +21,7 @@ def test_consumer_config_session_timeout_lets_a_restart_take_over_within_seconds
 
 
 def test_settings_literal_choices_are_checked_with_the_variable_name() -> None:
-    """One loader (cdc/envflags.py) for every process: a Literal setting refuses other values by name."""
+    """One loader (contract/envflags.py) for every process: a Literal setting refuses other values by name."""
     import pytest
 
     from cdc.errors import SettingsError

@@ -22,7 +22,7 @@ from cdc.metrics import Metrics
 from cdc.model import Batch, TxEnd
 from cdc.rules import load_rules
 from cdc.settings import Settings
-from cdc.versions import version_of_lsn
+from contract.versions import version_of_lsn
 
 RULES = load_rules(DEMO_RULES)
 TOPIC = Settings().cdc_topic

@@ -343,7 +343,7 @@ def test_doctor_cli_exits_2_and_prints_one_line_per_check(capsys: pytest.Capture
 
 
 def test_redis_health_pure_verdicts() -> None:
-    from cdc.redis_health import evicts_version_store, store_was_emptied
+    from contract.redis_health import evicts_version_store, store_was_emptied
 
     assert evicts_version_store("allkeys-lru") and evicts_version_store("allkeys-lfu")
     assert not evicts_version_store("noeviction") and not evicts_version_store("volatile-lru")

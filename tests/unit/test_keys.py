@@ -1,4 +1,4 @@
-"""cdc.keys: the reversible value encoding, and the same key from the same values in Python and JS."""
+"""contract.keys: the reversible value encoding, and the same key from the same values in Python and JS."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import subprocess
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cdc.keys import decode_value, encode_value, key_for, valid_key
 from connectors.stack_settings import REPO
+from contract.keys import decode_value, encode_value, key_for, valid_key
 
 CASES: list[tuple[str, dict[str, object]]] = [
     ("card:{id}", {"id": 5}),

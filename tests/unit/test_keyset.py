@@ -14,8 +14,8 @@ from cdc.assembler import Assembler, whole_tables
 from cdc.decode import decode
 from cdc.keyset import KeyLimits, KeySet
 from cdc.model import Batch, Record, TxBegin, TxEnd
-from cdc.redis_layout import PrefixSet
 from cdc.rules import Template, colon_parent, load_rules, parse_template
+from contract.redis_layout import PrefixSet
 
 RULES = load_rules(DEMO_RULES)
 SMALL = KeyLimits(max_keys=20, max_key_bytes=10_000, max_prefixes=4)

@@ -17,9 +17,9 @@ from hypothesis import strategies as st
 from cdc.assembler import Assembler
 from cdc.decode import decode
 from cdc.model import Batch, Record
-from cdc.redis_layout import Published, decode_published, effective_version, hops_arg, release_args
 from cdc.rules import parse_rules
-from cdc.versions import version_of_lsn
+from contract.redis_layout import Published, decode_published, effective_version, hops_arg, release_args
+from contract.versions import version_of_lsn
 
 RULES = parse_rules({"tables": {"public.items": {"keys": ["item:{id}"]}}})
 ALPHABET = "abcdef"

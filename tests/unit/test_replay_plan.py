@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cdc.replay import ReplayPlan, replay_plan
-from cdc.versions import version_of_lsn
+from contract.versions import version_of_lsn
 
 OLD, NEW = version_of_lsn(26619688), version_of_lsn(26623968)
 NO_OFFSET = -1001  # confluent_kafka.OFFSET_INVALID: the group never committed

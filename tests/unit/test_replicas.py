@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from cdc.model import Batch
 from cdc.replicas import HoldDecision, decide, releasable
-from cdc.versions import version_of_lsn
+from contract.versions import version_of_lsn
 
 
 def _batches(*lsns: int) -> list[Batch]:

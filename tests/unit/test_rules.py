@@ -348,7 +348,7 @@ def test_rules_delete_with_full_identity_and_a_null_parent_renders_no_parent_key
 def test_rules_text_keys_with_any_characters_render_valid_reversible_keys(value: str) -> None:
     """Review bug 9: a table keyed by text renders keys every client can subscribe to, and the value
     comes back exactly."""
-    from cdc.keys import decode_value, valid_key
+    from contract.keys import decode_value, valid_key
 
     r = rules('[tables."public.probe_text"]\nkeys = ["probe_text:{id}"]\n')
     (key,) = r.for_change(change("probe_text", "c", after={"id": value}, key={"id": value})).keys

@@ -1,4 +1,4 @@
-"""cdc.versions: commit positions as fixed-width hex strings whose string order is numeric order."""
+"""contract.versions: commit positions as fixed-width hex strings whose string order is numeric order."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cdc.versions import MAX_LSN, is_version, lsn_of_text, lsn_of_version, version_of_lsn
+from contract.versions import MAX_LSN, is_version, lsn_of_text, lsn_of_version, version_of_lsn
 
 LSNS = st.integers(min_value=0, max_value=MAX_LSN)
 

@@ -14,8 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from cdc.model import Batch
-from cdc.versions import is_version
+from contract.versions import is_version
 
 
 class OpsRecordError(ValueError):
@@ -35,11 +34,6 @@ class OpsRecord:
     ops: Mapping[str, Any]
     degraded: bool = False
     missing: Mapping[str, int] = field(default_factory=dict)
-
-    @classmethod
-    def of(cls, batch: Batch) -> OpsRecord:
-        return cls(batch.version, batch.tx_id, batch.commit_ts_ms, batch.keys, batch.prefixes, batch.ops,
-                   batch.degraded, dict(batch.missing))
 
 
 def encode(record: OpsRecord) -> bytes:

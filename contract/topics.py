@@ -9,6 +9,6 @@ from __future__ import annotations
 from typing import Final
 
 CHANGES: Final = "freshwire.cdc"              # Debezium's change events, transaction markers, heartbeats
-OPS: Final = "freshwire.invalidations"        # one record per released transaction (cdc/ops_record.py)
+OPS: Final = "freshwire.invalidations"        # one record per released transaction (contract/ops_record.py)
 DLQ: Final = "freshwire.dlq"                  # what the consumer could not decode, and its notes
 SINK_DLQ: Final = "freshwire.sink.dlq"        # what the cache-purge sink could not deliver

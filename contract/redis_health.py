@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import redis
 
-from cdc.redis_layout import PREFIXES, VERSIONS, WATERMARK
+from contract.redis_layout import PREFIXES, VERSIONS, WATERMARK
 
 LAYOUT_KEYS = (VERSIONS, PREFIXES, WATERMARK)
 
