@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install what the native stack needs, skipping what is already there:
-#   Debian's postgresql (15) and redis-server, a virtualenv with Freshwire, and the pinned
+#   Debian's postgresql (15), redis-server and haproxy, a virtualenv with Freshwire, and the pinned
 #   Kafka / Connect / Debezium jars from Maven Central (cached under .cache/, kept by `make clean`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +13,8 @@ command -v "$PYTHON" >/dev/null || PYTHON=python3
 need_apt=()
 [ -x /usr/lib/postgresql/15/bin/postgres ] || need_apt+=(postgresql-15 postgresql-contrib)
 command -v redis-server >/dev/null || need_apt+=(redis-server)
+# The cluster topology (FRESHWIRE_TOPOLOGY=cluster) puts HAProxy in front of its gateways.
+command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need_apt+=(haproxy)
 command -v java >/dev/null || need_apt+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || need_apt+=(maven)
 # Browser tests (tests/e2e/test_browser.py) drive Debian's Chromium through Playwright; no browser download.

@@ -143,6 +143,16 @@ def apply_schema(s: StackSettings) -> None:
     publication.sync(s.pg_dsn, load_rules(RULES_FILE))  # exactly the rule tables, never FOR ALL TABLES
 
 
+def postgres_setup(s: StackSettings) -> None:
+    """After PostgreSQL is ready, on every start: schema, the doctor, and no idle replica slot."""
+    apply_schema(s)
+    preflight_postgres(s)  # the doctor: a blocker stops `make up` here, with its fix
+    if not s.with_replica:
+        # An unused replica slot would hold back the primary's xmin (hot_standby_feedback) and WAL:
+        # every table would bloat while the stack runs without its replica.
+        drop_replica_slot(s)
+
+
 class PreflightError(RuntimeError):
     """The doctor found a blocker: the stack does not start on a database or Redis that would break."""
 
@@ -261,7 +271,11 @@ def redis_proc(s: StackSettings) -> Proc:
 
 
 def _redis_ping(s: StackSettings) -> bool:
-    with socket.create_connection((s.host, s.redis_port), timeout=1) as conn:
+    return redis_pings(s.host, s.redis_port)
+
+
+def redis_pings(host: str, port: int) -> bool:
+    with socket.create_connection((host, port), timeout=1) as conn:
         conn.sendall(b"PING\r\n")
         return conn.recv(16).startswith(b"+PONG")
 
@@ -282,12 +296,12 @@ logger.reflections.level = ERROR
 """
 
 
-def _java() -> str:
+def java_bin() -> str:
     home = os.environ.get("JAVA_HOME")
     return str(Path(home) / "bin" / "java") if home else (shutil.which("java") or "java")
 
 
-def _write_props(path: Path, props: dict[str, str | int]) -> None:
+def write_props(path: Path, props: dict[str, str | int]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
 
@@ -295,7 +309,7 @@ def _write_props(path: Path, props: dict[str, str | int]) -> None:
 def kafka_proc(s: StackSettings) -> Proc:
     root = s.state_dir / "kafka"
     props = root / "server.properties"
-    _write_props(props, {
+    write_props(props, {
         "process.roles": "broker,controller",
         "node.id": 1,
         "controller.quorum.bootstrap.servers": f"{s.host}:{s.kafka_controller_port}",
@@ -323,18 +337,18 @@ def kafka_proc(s: StackSettings) -> Proc:
     classpath = f"{s.jars_dir}/*"
     if not (root / "data" / "meta.properties").exists():
         cluster_id = subprocess.run(
-            [_java(), "-cp", classpath, "kafka.tools.StorageTool", "random-uuid"],
+            [java_bin(), "-cp", classpath, "kafka.tools.StorageTool", "random-uuid"],
             check=True, capture_output=True, text=True,
         ).stdout.strip()
         subprocess.run(
-            [_java(), "-cp", classpath, "kafka.tools.StorageTool", "format", "--standalone",
+            [java_bin(), "-cp", classpath, "kafka.tools.StorageTool", "format", "--standalone",
              "-t", cluster_id, "-c", str(props)],
             check=True, capture_output=True,
         )
     return Proc(
         name="kafka",
         port=s.kafka_port,
-        argv=[_java(), *JVM_BROKER_HEAP, f"-Dlog4j2.configurationFile={root / 'log4j2.properties'}",
+        argv=[java_bin(), *JVM_BROKER_HEAP, f"-Dlog4j2.configurationFile={root / 'log4j2.properties'}",
               "-cp", classpath, "kafka.Kafka", str(props)],
         log=s.logs_dir / "kafka.log",
         ready=lambda: _kafka_ready(s),
@@ -349,13 +363,13 @@ def _kafka_ready(s: StackSettings) -> bool:
     return len(admin.list_topics(timeout=1).brokers) > 0
 
 
-def create_topics(s: StackSettings) -> None:
+def create_topics(s: StackSettings, replication_factor: int = 1) -> None:
     """One partition each: one total commit order in, one ordered log of batches out."""
     from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
     admin = AdminClient({"bootstrap.servers": s.kafka_bootstrap})
     existing = set(admin.list_topics(timeout=10).topics)
-    wanted = [NewTopic(t, num_partitions=1, replication_factor=1)
+    wanted = [NewTopic(t, num_partitions=1, replication_factor=replication_factor)
               for t in (TOPIC_CHANGES, TOPIC_OPS, TOPIC_DLQ) if t not in existing]
     for future in admin.create_topics(wanted).values() if wanted else []:
         future.result(timeout=30)
@@ -364,7 +378,7 @@ def create_topics(s: StackSettings) -> None:
 def connect_proc(s: StackSettings) -> Proc:
     root = s.state_dir / "connect"
     props = root / "connect.properties"
-    _write_props(props, {
+    write_props(props, {
         "bootstrap.servers": s.kafka_bootstrap,
         "group.id": "freshwire-connect",
         "key.converter": "org.apache.kafka.connect.json.JsonConverter",
@@ -392,7 +406,7 @@ def connect_proc(s: StackSettings) -> Proc:
     return Proc(
         name="connect",
         port=s.connect_port,
-        argv=[_java(), *JVM_CONNECT_HEAP, f"-Dlog4j2.configurationFile={root / 'log4j2.properties'}",
+        argv=[java_bin(), *JVM_CONNECT_HEAP, f"-Dlog4j2.configurationFile={root / 'log4j2.properties'}",
               "-cp", f"{s.jars_dir}/*", "org.apache.kafka.connect.cli.ConnectDistributed", str(props)],
         log=s.logs_dir / "connect.log",
         ready=lambda: _connect_ready(s),
@@ -401,7 +415,12 @@ def connect_proc(s: StackSettings) -> Proc:
 
 
 def _connect_ready(s: StackSettings) -> bool:
-    with urllib.request.urlopen(f"{s.connect_url}/connector-plugins", timeout=2) as r:
+    return connect_lists_debezium(s.connect_url)
+
+
+def connect_lists_debezium(connect_url: str) -> bool:
+    """A worker is ready when its REST API lists the Debezium Postgres connector among its plugins."""
+    with urllib.request.urlopen(f"{connect_url}/connector-plugins", timeout=2) as r:
         plugins = json.load(r)
     return any(p.get("class") == "io.debezium.connector.postgresql.PostgresConnector" for p in plugins)
 

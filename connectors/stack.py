@@ -17,14 +17,16 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypeVar
 
 from cdc.rules import load_rules
-from connectors import procs, register, services
+from connectors import cluster, procs, register, services
+from connectors.part import Part
 from connectors.stack_settings import StackSettings, load_stack_settings
 
-# Start order; stopping goes the other way.
+# Start order of the single stack (the cluster's: cluster.ORDER); stopping goes the other way.
 ORDER = ["postgres", "replica", "redis", "kafka", "connect", "cdc", "gateway", "gateway2", "demo"]
 
 # After "ready", the foreground `up` watches every part it started.
@@ -38,31 +40,13 @@ RESTART_DELAY_S = 2.0
 EXIT_GAVE_UP = 1
 
 
-@dataclass
-class Part:
-    name: str
-    build: Callable[[StackSettings], procs.Proc]
-    after: Callable[[StackSettings], None] | None = None
-    app: bool = False
-    after_always: bool = False  # run `after` even when the part was already running (idempotent setup)
-
-
 def _register_connector(s: StackSettings) -> None:
     register.register(s.connect_url, s.host, s.pg_port, pg_dsn=s.pg_dsn, rules=load_rules(services.RULES_FILE))
 
 
-def _postgres_ready(s: StackSettings) -> None:
-    services.apply_schema(s)
-    services.preflight_postgres(s)  # the doctor: a blocker stops `make up` here, with its fix
-    if not s.with_replica:
-        # An unused replica slot would hold back the primary's xmin (hot_standby_feedback) and WAL:
-        # every table would bloat while the stack runs without its replica.
-        services.drop_replica_slot(s)
-
-
 def parts(two_gateways: bool, with_replica: bool = False) -> list[Part]:
     found = [
-        Part("postgres", services.postgres_proc, after=_postgres_ready, after_always=True),
+        Part("postgres", services.postgres_proc, after=services.postgres_setup, after_always=True),
         *([Part("replica", services.replica_proc)] if with_replica else []),
         Part("redis", services.redis_proc, after=services.preflight_redis),
         Part("kafka", services.kafka_proc, after=services.create_topics),
@@ -76,15 +60,38 @@ def parts(two_gateways: bool, with_replica: bool = False) -> list[Part]:
     return found
 
 
+def order(s: StackSettings) -> list[str]:
+    """Every part's name the topology can run, in start order."""
+    return cluster.ORDER if s.topology == "cluster" else ORDER
+
+
+def parts_for(s: StackSettings, two_gateways: bool = False) -> list[Part]:
+    """The topology's parts (the cluster always runs its own gateways: `two_gateways` is single's)."""
+    return cluster.parts(s) if s.topology == "cluster" else parts(two_gateways, s.with_replica)
+
+
+T = TypeVar("T")
+
+
+def batches(items: list[T], group: Callable[[T], str]) -> list[list[T]]:
+    """Consecutive items of one (non-empty) group together; an item without a group alone."""
+    out: list[list[T]] = []
+    for item in items:
+        if out and group(item) and group(out[-1][-1]) == group(item):
+            out[-1].append(item)
+        else:
+            out.append([item])
+    return out
+
+
 class StopRequested(BaseException):
     """A stop signal arrived while a part was restarting. Like KeyboardInterrupt, not an Exception,
     so the readiness poll (which treats a failing probe as "not yet") lets it through."""
 
 
-def _start_part(s: StackSettings, part: Part, stop_requested: Callable[[], bool] | None = None) -> procs.Proc:
-    """Start one part, wait until it is ready and run its setup (every `after` is idempotent, so a
-    restart runs it again, as any fresh start does). Raises StartError with its log's tail if it fails,
-    StopRequested once `stop_requested()` is true while it waits for readiness."""
+def _launch(s: StackSettings, part: Part, stop_requested: Callable[[], bool] | None = None) -> procs.Proc:
+    """Build and start one part's process; its readiness probe raises StopRequested once
+    `stop_requested()` is true."""
     proc = part.build(s)
     if stop_requested is not None:
         probe = proc.ready
@@ -96,21 +103,34 @@ def _start_part(s: StackSettings, part: Part, stop_requested: Callable[[], bool]
 
         proc.ready = ready_unless_stopping
     procs.start(proc, s.pids_dir)
-    procs.wait_ready(proc)
+    return proc
+
+
+def _setup(s: StackSettings, part: Part, proc: procs.Proc) -> None:
     if part.after is not None:
         try:
             part.after(s)
         except Exception as exc:
             raise procs.StartError(part.name, f"setup failed: {exc}", procs.tail(proc.log)) from exc
+
+
+def _start_part(s: StackSettings, part: Part, stop_requested: Callable[[], bool] | None = None) -> procs.Proc:
+    """Start one part, wait until it is ready and run its setup (every `after` is idempotent, so a
+    restart runs it again, as any fresh start does). Raises StartError with its log's tail if it fails,
+    StopRequested once `stop_requested()` is true while it waits for readiness."""
+    proc = _launch(s, part, stop_requested)
+    procs.wait_ready(proc)
+    _setup(s, part, proc)
     return proc
 
 
 def running_parts(s: StackSettings) -> dict[str, int]:
-    return {n: pid for n in ORDER if (pid := procs.recorded_pid(s.pids_dir, n)) is not None}
+    return {n: pid for n in order(s) if (pid := procs.recorded_pid(s.pids_dir, n)) is not None}
 
 
 def up(s: StackSettings, with_apps: bool = True, two_gateways: bool = False, quiet: bool = False) -> list[str]:
     """Start every part not already running and wait for each to be ready; returns the names started.
+    The parts of one group start together, then each is waited for, then their setup runs.
 
     A part that fails stops the ones started here and raises StartError with its log's tail.
     """
@@ -118,40 +138,60 @@ def up(s: StackSettings, with_apps: bool = True, two_gateways: bool = False, qui
     already = running_parts(s)
     started: list[str] = []
     try:
-        for part in parts(two_gateways, s.with_replica):
-            if part.app and not with_apps:
-                continue
-            if part.name in already:
-                if part.after is not None and part.after_always:
-                    part.after(s)
-                if not quiet:
-                    print(f"  {part.name:<9} already running (pid {already[part.name]})")
-                continue
+        for batch in batches([p for p in parts_for(s, two_gateways) if with_apps or not p.app], lambda p: p.group):
             t0 = time.monotonic()
-            started.append(part.name)  # before it starts: a failed start stops what it left behind
-            proc = _start_part(s, part)
-            if not quiet:
-                print(f"  {part.name:<9} ready in {time.monotonic() - t0:5.1f}s (pid {proc.pid})", flush=True)
+            launched: list[tuple[Part, procs.Proc]] = []
+            for part in batch:
+                if part.name in already:
+                    if part.after is not None and part.after_always:
+                        part.after(s)
+                    if not quiet:
+                        print(f"  {part.name:<9} already running (pid {already[part.name]})")
+                    continue
+                started.append(part.name)  # before it starts: a failed start stops what it left behind
+                launched.append((part, _launch(s, part)))
+            for part, proc in launched:
+                procs.wait_ready(proc)
+                if part.after is None and not quiet:
+                    print(f"  {part.name:<9} ready in {time.monotonic() - t0:5.1f}s (pid {proc.pid})", flush=True)
+            for part, proc in launched:
+                if part.after is not None:
+                    _setup(s, part, proc)
+                    if not quiet:
+                        print(f"  {part.name:<9} ready in {time.monotonic() - t0:5.1f}s (pid {proc.pid})", flush=True)
     except BaseException:
         down(s, only=started, quiet=True)
         raise
     return started
 
 
+SLOW_TO_STOP = ("kafka", "connect", "postgres")  # given 60 s before SIGKILL; the others 20 s
+
+
+def _stop_timeout_s(name: str) -> float:
+    return 60.0 if name.rstrip("0123456789") in SLOW_TO_STOP else 20.0
+
+
 def down(s: StackSettings, only: list[str] | None = None, quiet: bool = False) -> list[str]:
+    """Stop the parts in reverse start order, each group's parts at once (the last KRaft nodes of a
+    quorum stopped one by one would wait for a controller majority that is already gone)."""
     stopped = []
-    for name in reversed(ORDER):
-        if only is not None and name not in only:
-            continue
-        timeout = 60.0 if name in ("kafka", "connect", "postgres") else 20.0
-        if procs.stop(name, s.pids_dir, timeout_s=timeout):
-            stopped.append(name)
-            if not quiet:
-                print(f"  {name:<9} stopped", flush=True)
+    names = [n for n in order(s) if only is None or n in only]
+    groups = {p.name: p.group for p in parts_for(s, two_gateways=True)}
+    for batch in reversed(batches(names, lambda n: groups.get(n, ""))):
+        with ThreadPoolExecutor(max_workers=len(batch)) as pool:
+            done = list(pool.map(lambda n: procs.stop(n, s.pids_dir, timeout_s=_stop_timeout_s(n)), reversed(batch)))
+        for name, was_running in zip(reversed(batch), done, strict=True):
+            if was_running:
+                stopped.append(name)
+                if not quiet:
+                    print(f"  {name:<9} stopped", flush=True)
     return stopped
 
 
 def describe(s: StackSettings) -> str:
+    if s.topology == "cluster":
+        return cluster.describe(s)
     return "\n".join([
         "Freshwire is ready:",
         f"  postgres   {s.host}:{s.pg_port}  (db app; user app/app; superuser postgres/postgres)",
@@ -374,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.detach:
         return 0
     print("Ctrl-C stops the stack (data stays in place).", flush=True)
-    status = watch(s, [p for p in parts(args.two_gateways, s.with_replica) if p.name in started], stop_signals)
+    status = watch(s, [p for p in parts_for(s, args.two_gateways) if p.name in started], stop_signals)
     print("\nstopping…", flush=True)
     down(s, only=started)
     return status

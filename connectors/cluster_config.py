@@ -1,0 +1,167 @@
+"""The cluster topology's configuration, as pure functions of its layout: each Kafka node's and each
+Connect worker's properties, each Redis node's command line, HAProxy's config file, and what the
+connector and the app processes get on top of the single stack's settings. No files, no processes
+(connectors/cluster.py writes and runs them)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from connectors.cluster_layout import REDIS_BUCKETS, ClusterLayout
+
+REPLICATION_FACTOR = 3   # every topic, the internal ones too
+MIN_INSYNC_REPLICAS = 2  # an acks=all write survives the loss of any one broker
+INTERNAL_TOPIC_PARTITIONS = 5  # offsets and transaction state (50 by default: slow to create on 2 cores)
+CONNECT_GROUP = "freshwire-connect"
+REDIS_NODE_TIMEOUT_MS = 2000  # a master silent this long is failed over to its replica
+HAPROXY_MAXCONN = 9000    # HAProxy needs ~2 descriptors a connection: stays under a 20,000 hard `ulimit -n`
+HAPROXY_TUNNEL_TIMEOUT = "1h"  # an idle WebSocket lives this long (clients ping well within it)
+HAPROXY_CHECK_INTER = "1s"     # /readyz on every gateway this often; 2 failures take it out, 2 successes back
+
+# Connect's exactly-once source support (KIP-618): each task's records and its source offsets commit
+# in one Kafka transaction, and a task's producer is fenced when the task starts elsewhere.
+EXACTLY_ONCE_OVERRIDES = {"exactly.once.support": "required", "transaction.boundary": "poll"}
+
+Props = dict[str, str | int]
+
+
+def kafka_node_props(lay: ClusterLayout, node: int, data_dir: Path, max_message_bytes: int) -> Props:
+    """Node `node` (1-based) of the KRaft quorum: broker and controller, a static voter."""
+    port, controller = lay.kafka_ports[node - 1], lay.controller_ports[node - 1]
+    return {
+        "process.roles": "broker,controller",
+        "node.id": node,
+        "controller.quorum.voters": lay.quorum_voters,
+        "listeners": f"PLAINTEXT://{lay.host}:{port},CONTROLLER://{lay.host}:{controller}",
+        "advertised.listeners": f"PLAINTEXT://{lay.host}:{port}",
+        "controller.listener.names": "CONTROLLER",
+        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "inter.broker.listener.name": "PLAINTEXT",
+        "log.dirs": str(data_dir),
+        "num.partitions": 1,
+        "default.replication.factor": REPLICATION_FACTOR,
+        "min.insync.replicas": MIN_INSYNC_REPLICAS,
+        "unclean.leader.election.enable": "false",
+        "offsets.topic.replication.factor": REPLICATION_FACTOR,
+        "offsets.topic.num.partitions": INTERNAL_TOPIC_PARTITIONS,
+        "transaction.state.log.replication.factor": REPLICATION_FACTOR,
+        "transaction.state.log.min.isr": MIN_INSYNC_REPLICAS,
+        "transaction.state.log.num.partitions": INTERNAL_TOPIC_PARTITIONS,
+        "share.coordinator.state.topic.replication.factor": REPLICATION_FACTOR,
+        "share.coordinator.state.topic.min.isr": MIN_INSYNC_REPLICAS,
+        "group.initial.rebalance.delay.ms": 0,
+        "auto.create.topics.enable": "true",
+        "message.max.bytes": max_message_bytes,
+        "replica.fetch.max.bytes": max_message_bytes,
+    }
+
+
+def connect_worker_props(lay: ClusterLayout, worker: int, plugins_dir: Path) -> Props:
+    """Worker `worker` (1-based) of the one distributed Connect group."""
+    port = lay.connect_ports[worker - 1]
+    return {
+        "bootstrap.servers": lay.kafka_bootstrap,
+        "group.id": CONNECT_GROUP,
+        "key.converter": "org.apache.kafka.connect.json.JsonConverter",
+        "value.converter": "org.apache.kafka.connect.json.JsonConverter",
+        "key.converter.schemas.enable": "false",
+        "value.converter.schemas.enable": "false",
+        "config.storage.topic": "freshwire-connect-configs",
+        "offset.storage.topic": "freshwire-connect-offsets",
+        "status.storage.topic": "freshwire-connect-status",
+        "config.storage.replication.factor": REPLICATION_FACTOR,
+        "offset.storage.replication.factor": REPLICATION_FACTOR,
+        "offset.storage.partitions": 1,
+        "status.storage.replication.factor": REPLICATION_FACTOR,
+        "status.storage.partitions": 1,
+        "offset.flush.interval.ms": 1000,
+        "listeners": f"http://{lay.host}:{port}",
+        "rest.advertised.host.name": lay.host,
+        "rest.advertised.port": port,
+        "plugin.path": str(plugins_dir),
+        "plugin.discovery": "only_scan",
+        # A dead worker's tasks move at the next rebalance, not after a 5-minute grace period.
+        "scheduled.rebalance.max.delay.ms": 0,
+        "connector.client.config.override.policy": "All",
+        "exactly.once.source.support": "enabled",
+        # Every producer of the worker (its internal topics' and, unless overridden, its tasks').
+        "producer.acks": "all",
+        "producer.enable.idempotence": "true",
+    }
+
+
+def redis_node_argv(redis_server: str, lay: ClusterLayout, node: int, data_dir: Path, fsync: str) -> list[str]:
+    """Node `node` (1-based) of the Redis Cluster; AOF on, as the single stack's Redis."""
+    port, bus = lay.redis_ports[node - 1], lay.redis_bus_ports[node - 1]
+    return [redis_server, "--port", str(port), "--bind", lay.host, "--dir", str(data_dir),
+            "--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf",
+            "--cluster-port", str(bus), "--cluster-node-timeout", str(REDIS_NODE_TIMEOUT_MS),
+            "--save", "", "--appendonly", "yes", "--appendfsync", fsync, "--protected-mode", "yes"]
+
+
+def redis_create_argv(redis_cli: str, lay: ClusterLayout, replicas: int) -> list[str]:
+    """`redis-cli --cluster create`: the first len/(1+replicas) nodes become the masters."""
+    return [redis_cli, "--cluster", "create", *(f"{lay.host}:{p}" for p in lay.redis_ports),
+            "--cluster-replicas", str(replicas), "--cluster-yes"]
+
+
+def parse_cluster_info(text: str) -> dict[str, str]:
+    """`CLUSTER INFO`'s `key:value` lines as a dict (empty for no answer)."""
+    pairs = (line.strip().split(":", 1) for line in text.splitlines() if ":" in line)
+    return {k: v for k, v in pairs}
+
+
+RedisPlan = Literal["create", "wait", "ready"]
+
+
+def redis_plan(infos: list[dict[str, str]], nodes: int) -> RedisPlan:
+    """What the Redis nodes' `CLUSTER INFO` calls for: "create" when none has joined a cluster yet
+    (each knows only itself, no slot assigned), "ready" when each sees all `nodes` and is ok, else
+    "wait" (gossip or a failover in progress, or a node not answering)."""
+    if all(i and i.get("cluster_known_nodes") == "1" and i.get("cluster_slots_assigned") == "0" for i in infos):
+        return "create"
+    if all(i.get("cluster_state") == "ok" and i.get("cluster_known_nodes") == str(nodes) for i in infos):
+        return "ready"
+    return "wait"
+
+
+def haproxy_config(lay: ClusterLayout) -> str:
+    """One HTTP frontend for clients and the demo, balancing WebSockets over the gateways that
+    answer /readyz; a connect that fails is retried on another gateway."""
+    servers = "\n".join(f"    server gateway{i} {lay.host}:{p} check"
+                        for i, p in enumerate(lay.gateway_ports, start=1))
+    return f"""global
+    maxconn {HAPROXY_MAXCONN}
+    log stdout format raw local0 notice
+
+defaults
+    mode http
+    log global
+    option dontlognull
+    timeout connect 2s
+    timeout client 60s
+    timeout server 60s
+    timeout client-fin 5s
+    timeout tunnel {HAPROXY_TUNNEL_TIMEOUT}
+    retries 3
+    option redispatch 1
+
+frontend clients
+    bind {lay.host}:{lay.haproxy_port}
+    default_backend gateways
+
+backend gateways
+    balance leastconn
+    option httpchk GET /readyz
+    http-check expect status 200
+    default-server inter {HAPROXY_CHECK_INTER} fall 2 rise 2
+{servers}
+"""
+
+
+def cdc_env(base: dict[str, str], lay: ClusterLayout, process: int) -> dict[str, str]:
+    """cdc process `process` (1-based): the apps' env (services.app_env, which already names the
+    cluster's brokers and Redis nodes), its own metrics port, and the Redis buckets only cdc reads."""
+    return {**base, "FRESHWIRE_CDC_METRICS_PORT": str(lay.cdc_metrics_ports[process - 1]),
+            "FRESHWIRE_REDIS_BUCKETS": str(REDIS_BUCKETS)}
