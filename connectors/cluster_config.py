@@ -128,17 +128,15 @@ def redis_plan(infos: list[dict[str, str]], nodes: int) -> RedisPlan:
 
 def haproxy_config(lay: ClusterLayout) -> str:
     """One HTTP frontend for clients and the demo, balancing WebSockets over the gateways that
-    answer /readyz; a connect that fails is retried on another gateway."""
+    answer /readyz; a connect that fails is retried on another gateway. No request log: run in the
+    foreground (-db), HAProxy writes its warnings (a gateway DOWN or UP) to stderr, its log file."""
     servers = "\n".join(f"    server gateway{i} {lay.host}:{p} check"
                         for i, p in enumerate(lay.gateway_ports, start=1))
     return f"""global
     maxconn {HAPROXY_MAXCONN}
-    log stdout format raw local0 notice
 
 defaults
     mode http
-    log global
-    option dontlognull
     timeout connect 2s
     timeout client 60s
     timeout server 60s
