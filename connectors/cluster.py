@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +32,7 @@ from connectors.cluster_config import (
     redis_create_argv,
     redis_node_argv,
     redis_plan,
+    servers_up,
 )
 from connectors.cluster_layout import (
     CDC_PROCESSES,
@@ -54,12 +56,18 @@ CONNECT = [f"connect{i}" for i in range(1, CONNECT_WORKERS + 1)]
 REDIS = [f"redis{i}" for i in range(1, REDIS_NODES + 1)]
 CDC = [f"cdc{i}" for i in range(1, CDC_PROCESSES + 1)]
 GATEWAY = [f"gateway{i}" for i in range(1, GATEWAYS + 1)]
-# Start order; stopping goes the other way.
-ORDER = ["postgres", "replica", *REDIS, *KAFKA, *CONNECT, *CDC, *GATEWAY, "haproxy", "demo"]
+# Start order; stopping goes the other way. HAProxy comes before the apps: the cdc consumers watch
+# the connector through it (whichever Connect worker is up), the gateways wait until it routes to them.
+ORDER = ["postgres", "replica", *REDIS, *KAFKA, *CONNECT, "haproxy", *CDC, *GATEWAY, "demo"]
+ROUTE_TIMEOUT_S = 15.0  # HAProxy marks a server UP after 2 good checks a second apart
 
 
 class ClusterFormError(RuntimeError):
     """The Redis nodes did not form one healthy cluster; the message says which node disagrees."""
+
+
+class RoutingError(RuntimeError):
+    """HAProxy does not route to every gateway that answers /readyz; the message names the missing ones."""
 
 
 # ---------------------------------------------------------------- Kafka (KRaft, static voters)
@@ -222,9 +230,28 @@ def haproxy_proc(s: StackSettings) -> Proc:
         port=lay.haproxy_port,
         argv=[shutil.which("haproxy") or "/usr/sbin/haproxy", "-db", "-f", str(config)],
         log=s.logs_dir / "haproxy.log",
-        ready=lambda: services.http_ok(f"{lay.haproxy_url}/readyz"),
+        ready=lambda: services.http_ok(f"{lay.connect_proxy_url}/"),
         ready_timeout_s=30,
     )
+
+
+def wait_routed(s: StackSettings) -> None:
+    """After the gateways are ready: until HAProxy shows every one of them UP."""
+    lay = s.cluster
+    wanted = set(GATEWAY)
+    deadline = time.monotonic() + ROUTE_TIMEOUT_S
+    up: set[str] = set()
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(lay.haproxy_stats_url, timeout=2) as r:
+                up = servers_up(r.read().decode(), "gateways")
+        except OSError:
+            up = set()
+        if wanted <= up:
+            return
+        time.sleep(0.25)
+    raise RoutingError(f"HAProxy routes to no {', '.join(sorted(wanted - up))} after {ROUTE_TIMEOUT_S:.0f}s "
+                       f"(see {lay.haproxy_stats_url} and {s.logs_dir / 'haproxy.log'})")
 
 
 def demo_proc(s: StackSettings) -> Proc:
@@ -255,9 +282,9 @@ def parts(s: StackSettings) -> list[Part]:
         *_tier(REDIS, redis_node_proc, after=form_redis_cluster, after_always=True),
         *_tier(KAFKA, kafka_node_proc, after=create_topics),
         *_tier(CONNECT, connect_worker_proc, after=register_connector),
+        Part("haproxy", haproxy_proc),
         *_tier(CDC, cdc_proc, app=True),
-        *_tier(GATEWAY, gateway_proc, app=True),
-        Part("haproxy", haproxy_proc, app=True),
+        *_tier(GATEWAY, gateway_proc, after=wait_routed, after_always=True, app=True),
         Part("demo", demo_proc, app=True),
     ]
 
@@ -275,10 +302,11 @@ def describe(s: StackSettings) -> str:
           if s.with_replica else []),
         f"  redis      {lay.redis_url}  (6 nodes {hosts(lay.redis_ports)}; bus {hosts(lay.redis_bus_ports)})",
         f"  kafka      {lay.kafka_bootstrap}  (controllers {hosts(lay.controller_ports)}; RF {REPLICATION_FACTOR})",
-        f"  connect    {' '.join(lay.connect_urls)}  (connector freshwire-postgres, exactly-once)",
+        f"  connect    {lay.connect_proxy_url} (HAProxy) = {' '.join(lay.connect_urls)}  "
+        "(connector freshwire-postgres, exactly-once)",
         f"  cdc        metrics {' '.join(u + '/metrics' for u in lay.cdc_metrics_urls)}",
         f"  gateways   {' '.join(lay.gateway_urls)}",
-        f"  haproxy    {lay.haproxy_ws_url}   http {lay.haproxy_url}/readyz",
+        f"  haproxy    {lay.haproxy_ws_url}   http {lay.haproxy_url}/readyz   stats {lay.haproxy_stats_url}",
         f"  demo       http://{s.host}:{s.demo_port}/",
         f"  logs       {s.logs_dir}",
     ])

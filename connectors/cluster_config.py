@@ -5,6 +5,7 @@ connector and the app processes get on top of the single stack's settings. No fi
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 from typing import Literal
 
@@ -127,11 +128,14 @@ def redis_plan(infos: list[dict[str, str]], nodes: int) -> RedisPlan:
 
 
 def haproxy_config(lay: ClusterLayout) -> str:
-    """One HTTP frontend for clients and the demo, balancing WebSockets over the gateways that
-    answer /readyz; a connect that fails is retried on another gateway. No request log: run in the
-    foreground (-db), HAProxy writes its warnings (a gateway DOWN or UP) to stderr, its log file."""
-    servers = "\n".join(f"    server gateway{i} {lay.host}:{p} check"
-                        for i, p in enumerate(lay.gateway_ports, start=1))
+    """HAProxy's three frontends: clients and the demo (WebSockets balanced over the gateways that
+    answer /readyz; a connect that fails is retried on another gateway), Connect's REST API (whichever
+    worker answers), and the stats (CSV). No request log: run in the foreground (-db), HAProxy writes
+    its warnings (a server DOWN or UP) to stderr, its log file."""
+    gateways = "\n".join(f"    server gateway{i} {lay.host}:{p} check"
+                         for i, p in enumerate(lay.gateway_ports, start=1))
+    workers = "\n".join(f"    server connect{i} {lay.host}:{p} check"
+                        for i, p in enumerate(lay.connect_ports, start=1))
     return f"""global
     maxconn {HAPROXY_MAXCONN}
 
@@ -144,6 +148,7 @@ defaults
     timeout tunnel {HAPROXY_TUNNEL_TIMEOUT}
     retries 3
     option redispatch 1
+    default-server inter {HAPROXY_CHECK_INTER} fall 2 rise 2
 
 frontend clients
     bind {lay.host}:{lay.haproxy_port}
@@ -153,13 +158,37 @@ backend gateways
     balance leastconn
     option httpchk GET /readyz
     http-check expect status 200
-    default-server inter {HAPROXY_CHECK_INTER} fall 2 rise 2
-{servers}
+{gateways}
+
+frontend connect
+    bind {lay.host}:{lay.connect_proxy_port}
+    default_backend connect_workers
+
+backend connect_workers
+    option httpchk GET /
+    http-check expect status 200
+{workers}
+
+frontend stats
+    bind {lay.host}:{lay.haproxy_stats_port}
+    stats enable
+    stats uri /stats
 """
+
+
+def servers_up(stats_csv: str, backend: str) -> set[str]:
+    """The servers of `backend` that HAProxy's stats CSV shows UP (not going down, not in maintenance)."""
+    lines = stats_csv.splitlines()
+    if not lines or not lines[0].startswith("# "):
+        return set()
+    rows = csv.DictReader(lines[1:], fieldnames=lines[0][2:].split(","))
+    return {r["svname"] for r in rows
+            if r["pxname"] == backend and r["svname"] not in ("FRONTEND", "BACKEND") and r["status"] == "UP"}
 
 
 def cdc_env(base: dict[str, str], lay: ClusterLayout, process: int) -> dict[str, str]:
     """cdc process `process` (1-based): the apps' env (services.app_env, which already names the
-    cluster's brokers and Redis nodes), its own metrics port, and the Redis buckets only cdc reads."""
+    cluster's brokers, Redis nodes and Connect through HAProxy), its own metrics port, and the Redis
+    buckets only cdc reads."""
     return {**base, "FRESHWIRE_CDC_METRICS_PORT": str(lay.cdc_metrics_ports[process - 1]),
             "FRESHWIRE_REDIS_BUCKETS": str(REDIS_BUCKETS)}

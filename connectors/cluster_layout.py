@@ -79,6 +79,24 @@ class ClusterLayout:
         return f"http://{self.host}:{self.haproxy_port}"
 
     @property
+    def connect_proxy_port(self) -> int:
+        return self.haproxy_port + 1
+
+    @property
+    def connect_proxy_url(self) -> str:
+        """Connect's REST API through HAProxy: whichever worker is up (any worker forwards to the leader)."""
+        return f"http://{self.host}:{self.connect_proxy_port}"
+
+    @property
+    def haproxy_stats_port(self) -> int:
+        return self.haproxy_port + 2
+
+    @property
+    def haproxy_stats_url(self) -> str:
+        """HAProxy's stats as CSV: which gateway and which Connect worker it routes to (column `status`)."""
+        return f"http://{self.host}:{self.haproxy_stats_port}/stats;csv"
+
+    @property
     def haproxy_ws_url(self) -> str:
         """Where clients and the demo connect: every gateway, through HAProxy."""
         return f"ws://{self.host}:{self.haproxy_port}/ws"
@@ -86,6 +104,7 @@ class ClusterLayout:
     def ports(self) -> dict[str, int]:
         """Every port the cluster listens on, by process and role (`kafka2`, `redis4-bus`, ...)."""
         named = {"postgres": self.pg_port, "replica": self.replica_port, "haproxy": self.haproxy_port,
+                 "haproxy-connect": self.connect_proxy_port, "haproxy-stats": self.haproxy_stats_port,
                  "demo": self.demo_port}
         for prefix, ports in (("kafka", self.kafka_ports), ("kafka-controller", self.controller_ports),
                               ("connect", self.connect_ports), ("redis", self.redis_ports),

@@ -107,7 +107,9 @@ class StackSettings:
 
     @property
     def connect_url(self) -> str:
-        """The first (in the cluster: any) Connect worker's REST API."""
+        """Connect's REST API: in the cluster, HAProxy in front of every worker."""
+        if self.topology == "cluster":
+            return self.cluster.connect_proxy_url
         return f"http://{self.host}:{self.connect_port}"
 
     @property
@@ -130,7 +132,7 @@ CLUSTER_DEFAULTS: dict[str, object] = {
     "connect_port": 28083,         # 2 workers: 28083-28084
     "gateway_port": 28080,         # 3 gateways: 28080-28082
     "gateway2_port": 28180,        # unused by the cluster; kept out of the single stack's block
-    "haproxy_port": 28000,
+    "haproxy_port": 28000,         # clients; Connect's REST API on 28001, stats on 28002
     "demo_port": 28090,
     "cdc_metrics_port": 29108,     # 2 consumers: 29108-29109
 }

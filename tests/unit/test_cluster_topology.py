@@ -19,6 +19,7 @@ from connectors.cluster_config import (
     redis_create_argv,
     redis_node_argv,
     redis_plan,
+    servers_up,
 )
 from connectors.cluster_layout import (
     EPHEMERAL_PORT_FLOOR,
@@ -49,7 +50,7 @@ def _clear_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_cluster_layout_ports_are_distinct_below_the_ephemeral_range_and_apart_from_the_single_stack() -> None:
     ports = LAY.ports()
-    assert len(set(ports.values())) == len(ports) == 29
+    assert len(set(ports.values())) == len(ports) == 31
     assert all(0 < p < EPHEMERAL_PORT_FLOOR for p in ports.values())
     assert not set(ports.values()) & SINGLE_PORTS
     assert not set(ports.values()) & {p + 10000 for p in LAY.redis_ports}  # the bus is never Redis's default
@@ -63,6 +64,8 @@ def test_cluster_layout_counts_and_urls() -> None:
     assert LAY.redis_url == "redis+cluster://127.0.0.1:26379,127.0.0.1:26380,127.0.0.1:26381"
     assert LAY.connect_urls == ("http://127.0.0.1:28083", "http://127.0.0.1:28084")
     assert LAY.haproxy_ws_url == "ws://127.0.0.1:28000/ws"
+    assert LAY.connect_proxy_url == "http://127.0.0.1:28001"
+    assert LAY.haproxy_stats_url == "http://127.0.0.1:28002/stats;csv"
     assert LAY.redis_bus_ports == (27379, 27380, 27381, 27382, 27383, 27384)
 
 
@@ -91,6 +94,7 @@ def test_cluster_settings_single_is_the_default(monkeypatch: pytest.MonkeyPatch)
     assert StackSettings().kafka_bootstrap == "127.0.0.1:19092"
     assert StackSettings().redis_url == "redis://127.0.0.1:16379/0"
     assert StackSettings().gateway_url == "http://127.0.0.1:18080"
+    assert StackSettings().connect_url == "http://127.0.0.1:18083"
 
 
 def test_cluster_settings_from_the_environment_take_the_cluster_block(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -102,6 +106,7 @@ def test_cluster_settings_from_the_environment_take_the_cluster_block(monkeypatc
     assert (s.pg_port, s.demo_port) == (25432, 28090)
     assert s.kafka_bootstrap == LAY.kafka_bootstrap and s.redis_url == LAY.redis_url
     assert s.gateway_url == "http://127.0.0.1:28000"  # clients reach the gateways through HAProxy
+    assert s.connect_url == "http://127.0.0.1:28001"  # and Connect's REST API too
     monkeypatch.setenv("FRESHWIRE_PG_PORT", "25500")
     assert load_stack_settings().pg_port == 25500  # a variable still wins over CLUSTER_DEFAULTS
 
@@ -217,14 +222,52 @@ def test_cluster_redis_plan(answers: list[str], plan: str) -> None:
 
 # ---------------------------------------------------------------- HAProxy and the app processes
 
+def _sections(config: str) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    current = ""
+    for line in config.splitlines():
+        if line and not line.startswith(" "):
+            current = line.strip()
+            found[current] = []
+        elif line.strip():
+            found[current].append(line.strip())
+    return found
+
+
 def test_cluster_haproxy_balances_websockets_over_ready_gateways() -> None:
-    config = haproxy_config(LAY)
-    lines = [line.strip() for line in config.splitlines()]
-    for wanted in ("mode http", "balance leastconn", "timeout tunnel 1h", "option httpchk GET /readyz",
-                   "http-check expect status 200", "retries 3", "option redispatch 1", "bind 127.0.0.1:28000"):
-        assert wanted in lines
-    assert [line for line in lines if line.startswith("server ")] == [
+    sections = _sections(haproxy_config(LAY))
+    for wanted in ("mode http", "timeout tunnel 1h", "retries 3", "option redispatch 1"):
+        assert wanted in sections["defaults"]
+    assert "bind 127.0.0.1:28000" in sections["frontend clients"]
+    gateways = sections["backend gateways"]
+    assert {"balance leastconn", "option httpchk GET /readyz", "http-check expect status 200"} <= set(gateways)
+    assert [line for line in gateways if line.startswith("server ")] == [
         f"server gateway{i} 127.0.0.1:{p} check" for i, p in enumerate((28080, 28081, 28082), start=1)]
+
+
+def test_cluster_haproxy_fronts_connect_and_serves_its_stats() -> None:
+    sections = _sections(haproxy_config(LAY))
+    assert "bind 127.0.0.1:28001" in sections["frontend connect"]
+    assert [line for line in sections["backend connect_workers"] if line.startswith("server ")] == [
+        "server connect1 127.0.0.1:28083 check", "server connect2 127.0.0.1:28084 check"]
+    assert {"bind 127.0.0.1:28002", "stats uri /stats"} <= set(sections["frontend stats"])
+
+
+STATS = """# pxname,svname,qcur,status,check_status,
+clients,FRONTEND,,OPEN,,
+gateways,gateway1,0,UP,L7OK,
+gateways,gateway2,0,DOWN,L4CON,
+gateways,gateway3,0,UP 1/2,L7STS,
+gateways,BACKEND,0,UP,,
+connect_workers,connect1,0,UP,L7OK,
+"""
+
+
+def test_cluster_haproxy_stats_name_the_servers_up() -> None:
+    assert servers_up(STATS, "gateways") == {"gateway1"}  # going down (UP 1/2) is not up
+    assert servers_up(STATS, "connect_workers") == {"connect1"}
+    assert servers_up("", "gateways") == set()
+    assert servers_up("<html>", "gateways") == set()
 
 
 def test_cluster_apps_get_the_cluster_bootstrap_and_redis_url() -> None:
@@ -234,6 +277,7 @@ def test_cluster_apps_get_the_cluster_bootstrap_and_redis_url() -> None:
     for proc in (cdc1, cdc2, gateway3, demo):
         assert proc.env["FRESHWIRE_KAFKA_BOOTSTRAP"] == LAY.kafka_bootstrap
         assert proc.env["FRESHWIRE_REDIS_URL"] == LAY.redis_url
+        assert proc.env["FRESHWIRE_CONNECT_URL"] == LAY.connect_proxy_url
     assert cdc1.env["FRESHWIRE_REDIS_BUCKETS"] == str(REDIS_BUCKETS) == "12"
     assert "FRESHWIRE_REDIS_BUCKETS" not in gateway3.env and "FRESHWIRE_REDIS_BUCKETS" not in demo.env
     assert (cdc1.env["FRESHWIRE_CDC_METRICS_PORT"], cdc2.env["FRESHWIRE_CDC_METRICS_PORT"]) == ("29108", "29109")
@@ -253,8 +297,10 @@ def test_cluster_parts_follow_the_order_in_groups_with_setup_after_the_last() ->
     assert [[p.name for p in b] for b in groups][1:4] == [cluster.REDIS, cluster.KAFKA, cluster.CONNECT]
     setups = {p.name: p.after for p in found if p.after is not None}
     assert setups == {"postgres": services.postgres_setup, "redis6": cluster.form_redis_cluster,
-                      "kafka3": cluster.create_topics, "connect2": cluster.register_connector}
-    assert {p.name for p in found if p.app} == {*cluster.CDC, *cluster.GATEWAY, "haproxy", "demo"}
+                      "kafka3": cluster.create_topics, "connect2": cluster.register_connector,
+                      "gateway3": cluster.wait_routed}
+    assert {p.name for p in found if p.app} == {*cluster.CDC, *cluster.GATEWAY, "demo"}
+    assert cluster.ORDER.index("haproxy") < cluster.ORDER.index("cdc1")  # cdc watches Connect through it
     assert "replica" in [p.name for p in cluster.parts(cluster_settings(replica=True))]
 
 
