@@ -7,9 +7,9 @@ import sys
 
 from confluent_kafka import KafkaException
 
-from contract.process import stop_on_signals
 from clients.sink.run import Sink
 from clients.sink.settings import SettingsError, load_settings
+from contract.process import stop_on_signals
 
 log = logging.getLogger("clients.sink")
 

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _imported_packages(package: str) -> set[tuple[str, str]]:
-    found = set()
+    found: set[tuple[str, str]] = set()
     for path in sorted((ROOT / package).rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             names: list[str] = []
