@@ -9,9 +9,9 @@ from cdc.consumer import Pipeline
 from cdc.effects import EffectError
 from cdc.errors import RulesError, SettingsError
 from cdc.metrics import Metrics, serve
-from contract.process import stop_on_signals
 from cdc.rules import load_rules
 from cdc.settings import load_settings
+from contract.process import stop_on_signals
 
 log = logging.getLogger("cdc")
 

@@ -76,8 +76,9 @@ class Pipeline:
         self.stop = stop
         self.assemblers: dict[int, Assembler] = {}
         self.limits = KeyLimits(settings.cdc_max_tx_keys, settings.cdc_max_tx_key_bytes, settings.cdc_max_tx_prefixes)
-        self.redis: Release = redis if redis is not None else RedisRelease(settings.redis_url,
-                                                                          track_changes=settings.retention_on)
+        self.redis: Release = redis if redis is not None else RedisRelease(
+            settings.redis_url, track_changes=settings.retention_on, buckets=settings.redis_buckets,
+            wait_replicas=settings.redis_wait_replicas, wait_timeout_ms=settings.redis_wait_timeout_ms)
         self.outputs: Outputs = (outputs if outputs is not None else
                                  KafkaOutputs(settings.kafka_bootstrap, settings.ops_topic, settings.dlq_topic))
         self.consumer: InputConsumer = (consumer if consumer is not None else

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -10,11 +11,22 @@ from typing import Any
 
 import redis
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from redis.cluster import ClusterNode, RedisCluster
+from redis.exceptions import ClusterError
 
 from cdc.decode import MAX_RECORD_BYTES
 from cdc.errors import DecodeError
 from cdc.model import Batch
 from contract.ops_record import OpsRecord, encode
+from contract.redis_buckets import (
+    LAYOUT,
+    Layout,
+    LayoutError,
+    cluster_nodes,
+    layout_value,
+    parse_layout_value,
+    release_calls,
+)
 from contract.redis_health import refusal
 from contract.redis_layout import (
     CHANGED,
@@ -22,6 +34,7 @@ from contract.redis_layout import (
     PREFIXES,
     RELEASE_LUA,
     TRIM_LUA,
+    TX_TTL_S,
     VERSIONS,
     WATERMARK,
     hops_arg,
@@ -55,25 +68,67 @@ TRANSIENT_REPLY = ("OOM", "BUSY", "LOADING", "READONLY", "MASTERDOWN", "TRYAGAIN
 
 
 def _redis_error(exc: redis.RedisError) -> EffectError:
-    permanent = isinstance(exc, redis.ResponseError) and not str(exc).startswith(TRANSIENT_REPLY)
+    permanent = (isinstance(exc, redis.ResponseError) and not isinstance(exc, ClusterError)
+                 and not str(exc).startswith(TRANSIENT_REPLY))
     return EffectError(f"redis: {exc}", retriable=not permanent)
 
 
-class RedisRelease:
-    """Advance versions only forward and publish what advanced, one atomic script call per batch."""
+def _cluster_client(nodes: list[tuple[str, int]]) -> RedisCluster:
+    seeds = [ClusterNode(host, port) for host, port in nodes]  # type: ignore[no-untyped-call]
+    return RedisCluster(startup_nodes=seeds, socket_timeout=5, socket_connect_timeout=2)
 
-    def __init__(self, url: str, track_changes: bool = False) -> None:
-        self._redis = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2)
-        self._script = self._redis.register_script(RELEASE_LUA)
-        self._trim = self._redis.register_script(TRIM_LUA)
+
+class RedisRelease:
+    """Advance versions only forward and publish what advanced: one atomic script call per batch on one
+    bucket; with several (a Redis Cluster, contract/redis_buckets.py) one call per bucket touched, then
+    the control call. With `wait_replicas`, every release is acknowledged by that many replicas of each
+    master (WAIT) before `release` returns, so before the consumer commits its offset."""
+
+    def __init__(self, url: str, track_changes: bool = False, buckets: int = 1, wait_replicas: int = 0,
+                 wait_timeout_ms: int = 500) -> None:
+        self.layout = Layout(buckets)
+        nodes = cluster_nodes(url)
+        self._cluster = nodes is not None
+        self._seeds = nodes
+        self._conn: Any = (_cluster_client(nodes) if nodes is not None else
+                           redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2))
+        self._script = self._conn.register_script(RELEASE_LUA)
+        self._trim = self._conn.register_script(TRIM_LUA)
+        self._track = track_changes
         # With a retention horizon each advanced key's commit time is recorded, so it can be trimmed.
         self._keys_extra = [CHANGED] if track_changes else []
+        self._wait = (wait_replicas, wait_timeout_ms)
+        self._layout_checked = False
+
+    def _check_layout(self) -> None:
+        """Record the bucket count in the store, or refuse one written with another count: gateways
+        read it from there, and versions written in other buckets would not be found."""
+        if self._layout_checked:
+            return
+        wanted = layout_value(self.layout)
+        if not self._redis.set(LAYOUT, wanted, nx=True):
+            found = parse_layout_value(self._redis.get(LAYOUT))
+            if found != self.layout:
+                raise LayoutError(f"the version store was written with {found.buckets} bucket(s) ({LAYOUT}); this "
+                                  f"consumer has FRESHWIRE_REDIS_BUCKETS={self.layout.buckets}: set it back, or "
+                                  "empty the store and let the consumer replay (docs/scaling.md)")
+        elif self.layout.spread and self._redis.exists(WATERMARK):
+            self._redis.delete(LAYOUT)
+            raise LayoutError("the version store was written with 1 bucket; this consumer has "
+                              f"FRESHWIRE_REDIS_BUCKETS={self.layout.buckets} (docs/scaling.md)")
+        self._layout_checked = True
 
     def release(self, batches: Sequence[Batch]) -> int:
         """Returns how many keys advanced in all; raises EffectError if Redis did not answer."""
         if not batches:
             return 0
         try:
+            self._check_layout()
+        except LayoutError as exc:
+            raise EffectError(str(exc)) from exc
+        try:
+            if self.layout.spread:
+                return self._release_spread(batches)
             pipe = self._redis.pipeline(transaction=False)
             publish_ms = time.time() * 1000
             for b in batches:
@@ -83,29 +138,99 @@ class RedisRelease:
                              args=release_args(b.version, b.commit_ts_ms, b.keys, b.prefixes, tx, hops=hops,
                                                lapse=b.lapse),
                              client=pipe)
-            return sum(int(n) for n in pipe.execute())
+            advanced = sum(int(n) for n in pipe.execute())
+            self._await_replicas()
+            return advanced
         except redis.RedisError as exc:
+            self._forget_slots()
             raise _redis_error(exc) from exc
+
+    @property
+    def _redis(self) -> Any:
+        if self._conn is None:
+            self._conn = _cluster_client(self._seeds or [])
+        return self._conn
+
+    def _forget_slots(self) -> None:
+        """After a failed call on a cluster, the next one starts from a fresh client and slot map: a
+        pipeline's client keeps sending to a master that died until its map is rebuilt."""
+        if self._seeds is not None and self._conn is not None:
+            with contextlib.suppress(redis.RedisError, OSError):
+                self._conn.close()
+            self._conn = None
+
+    def _release_spread(self, batches: Sequence[Batch]) -> int:
+        # Parts first (EVAL: cluster pipelines refuse EVALSHA), then the controls: the watermark and the
+        # tx markers never run ahead of the versions.
+        publish_ms = time.time() * 1000
+        parts = self._redis.pipeline(transaction=False)
+        controls = []
+        for b in batches:
+            hops = hops_arg(*b.arrival_ms, publish_ms) if b.arrival_ms[1] else ""
+            calls, control = release_calls(self.layout, b.version, b.commit_ts_ms, b.keys, b.prefixes,
+                                           b.token_tx_id, TX_TTL_S, hops, b.lapse, self._track)
+            for call in calls:
+                parts.execute_command("EVAL", call.script, len(call.keys), *call.keys, *call.args)
+            controls.append(control)
+        advanced = sum(int(n) for n in parts.execute())
+        pipe = self._redis.pipeline(transaction=False)
+        for control in controls:
+            pipe.execute_command("EVAL", control.script, len(control.keys), *control.keys, *control.args)
+        pipe.execute()
+        self._await_replicas()
+        return advanced
+
+    def _await_replicas(self) -> None:
+        """WAIT on every master: the release survives a master's death once a replica holds it."""
+        replicas, timeout_ms = self._wait
+        if replicas <= 0:
+            return
+        if self._cluster:
+            acks = self._redis.execute_command("WAIT", replicas, timeout_ms, target_nodes=RedisCluster.PRIMARIES)
+            counts = [int(n) for n in (acks.values() if isinstance(acks, dict) else [acks])]
+        else:
+            counts = [int(self._redis.execute_command("WAIT", replicas, timeout_ms))]
+        if min(counts) < replicas:
+            raise EffectError(f"redis: WAIT {replicas} got {min(counts)} replica acknowledgement(s) within "
+                              f"{timeout_ms} ms; the release is retried")
 
     def trim(self, cutoff_ms: int, max_keys: int, batch: int = TRIM_BATCH) -> int:
         """Drop the versions of keys last changed at or before `cutoff_ms` (or the oldest past `max_keys`),
         raising the horizon; returns how many went. Raises EffectError if Redis did not answer."""
         try:
-            return int(self._trim(keys=[VERSIONS, CHANGED, HORIZON], args=[cutoff_ms, max_keys, batch]))
+            if not self.layout.spread:
+                return int(self._trim(keys=[VERSIONS, CHANGED, HORIZON], args=[cutoff_ms, max_keys, batch]))
+            per_bucket = -(-max_keys // self.layout.buckets) if max_keys else 0
+            return sum(int(self._redis.eval(TRIM_LUA, 3, self.layout.versions(b), self.layout.changed(b),
+                                            self.layout.horizon(b), cutoff_ms, per_bucket, batch))
+                       for b in range(self.layout.buckets))
         except redis.RedisError as exc:
+            self._forget_slots()
             raise _redis_error(exc) from exc
 
     def store_size(self) -> tuple[int, str | None]:
-        """(keys holding a version, the horizon) for the metrics."""
+        """(keys holding a version, the newest horizon of any bucket) for the metrics."""
         try:
-            size, horizon = self._redis.hlen(VERSIONS), self._redis.get(HORIZON)
+            buckets = range(self.layout.buckets)
+            sizes = [self._redis.hlen(self.layout.versions(b)) for b in buckets]
+            horizons = [h.decode() for b in buckets if isinstance(h := self._redis.get(self.layout.horizon(b)), bytes)]
         except redis.RedisError as exc:
+            self._forget_slots()
             raise _redis_error(exc) from exc
-        return int(size), horizon.decode() if isinstance(horizon, bytes) else None
+        return sum(int(n) for n in sizes), max(horizons, default=None)
 
     def refusal(self) -> str | None:
-        """Why this Redis cannot keep the version store (cdc/redis_health.py); None if it can or is down."""
+        """Why this Redis cannot keep the version store (contract/redis_health.py); None if it can or is down."""
         try:
+            self._check_layout()
+        except LayoutError as exc:
+            return str(exc)
+        except redis.RedisError:
+            return None
+        try:
+            if self._cluster:  # every primary must keep its share
+                nodes = [self._redis.get_redis_connection(n) for n in self._redis.get_primaries()]
+                return next((r for n in nodes if (r := refusal(n, check_ttls=False))), None)
             return refusal(self._redis)
         except redis.RedisError:
             return None  # not reachable yet: the effects retry, and the next start checks again
@@ -115,11 +240,13 @@ class RedisRelease:
         try:
             value = self._redis.get(WATERMARK)
         except redis.RedisError as exc:
+            self._forget_slots()
             raise EffectError(f"redis: {exc}") from exc
         return value.decode() if isinstance(value, bytes) else None
 
     def close(self) -> None:
-        self._redis.close()
+        if self._conn is not None:
+            self._conn.close()
 
 
 def ops_record(batch: Batch) -> bytes:

@@ -19,6 +19,9 @@ class Settings:
     ops_topic: str = topics.OPS
     dlq_topic: str = topics.DLQ
     redis_url: str = "redis://127.0.0.1:16379/0"
+    redis_buckets: int = 1
+    redis_wait_replicas: int = 0
+    redis_wait_timeout_ms: int = 500
     rules: str = ""
     cdc_metrics_host: str = "127.0.0.1"
     cdc_metrics_port: int = 19108
@@ -61,7 +64,13 @@ HELP = {
     "cdc_group": "consumer group (a second instance in the same group is a hot spare)",
     "ops_topic": "ops topic: one JSON record per released transaction",
     "dlq_topic": "dead-letter topic for records that cannot be decoded",
-    "redis_url": "Redis holding versions and fanning out to the gateways",
+    "redis_url": "Redis holding versions and fanning out to the gateways "
+                 "(redis+cluster://host:port,host:port... for a Redis Cluster)",
+    "redis_buckets": "buckets the versions and fan-out are spread over (a Redis Cluster: e.g. 4 per master; "
+                     "docs/scaling.md); 1 keeps everything in one slot",
+    "redis_wait_replicas": "replicas of each master that must hold a release (WAIT) before the Kafka offset "
+                           "is committed; 0: off (docs/scaling.md, durability)",
+    "redis_wait_timeout_ms": "how long WAIT waits for them; short of them the release is retried",
     "rules": "path of the invalidation rules TOML file (empty: default rules for every table)",
     "cdc_metrics_host": "address of the /metrics, /healthz and /readyz endpoint",
     "cdc_metrics_port": "port of the /metrics, /healthz and /readyz endpoint",

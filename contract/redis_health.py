@@ -31,14 +31,15 @@ def read_policy(client: redis.Redis) -> str | None:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def refusal(client: redis.Redis) -> str | None:
-    """Why this Redis cannot hold the version store, with the fix; None when it can (or cannot tell)."""
+def refusal(client: redis.Redis, check_ttls: bool = True) -> str | None:
+    """Why this Redis cannot hold the version store, with the fix; None when it can (or cannot tell).
+    `check_ttls` False for one node of a cluster (the layout's keys live on one of them)."""
     policy = read_policy(client)
     if evicts_version_store(policy):
         return (f"Redis maxmemory-policy is {policy}: under memory pressure it evicts {VERSIONS} whole and resuming "
                 "clients are told nothing changed. Fix: CONFIG SET maxmemory-policy noeviction (and in redis.conf "
                 "or the provider's settings); see docs/doctor.md")
-    expiring = [key for key in LAYOUT_KEYS if int(client.pttl(key)) > 0]
+    expiring = [key for key in LAYOUT_KEYS if check_ttls and int(client.pttl(key)) > 0]
     if expiring:
         return f"{', '.join(expiring)} carry a TTL and would expire. Fix: PERSIST {' '.join(expiring)}"
     return None

@@ -29,16 +29,11 @@ CHANGED = "{fw}:changed"
 HORIZON = "{fw}:horizon"
 CHANNEL = "fw:inv"
 
-# KEYS: versions, prefixes, watermark, tx marker[, changed: when given, each advanced key's commit ms is
-# recorded there for trimming (TRIM_LUA)].
-# ARGV: version, channel, commit_ts_ms, n_keys, tx_id, tx_ttl_s, hops, lapse, keys..., prefixes...
-# `hops` is "<kafka record ts ms> <consumer receipt ms> <publish call ms>" (or empty), carried to the
-# gateways as `h` for the per-hop latency breakdown (bench/latency.py); it changes nothing else.
-# Advances each key (and prefix) only if the new version is greater, moves the watermark, and
-# publishes what advanced. Atomic: a reader sees either none or all of one batch.
-RELEASE_LUA = """
+# Shared by every release script: advance ARGV[first..last] in `hash` to version ARGV[1] where it is
+# greater (recording the commit ms in `changed`, when given), returning what advanced; and the optional
+# fields of a published message.
+ADVANCE_LUA = """
 local v = ARGV[1]
-local nkeys = tonumber(ARGV[4])
 local function advance(hash, first, last, changed)
   local advanced = {}
   for i = first, last do
@@ -53,6 +48,26 @@ local function advance(hash, first, last, changed)
   end
   return advanced
 end
+local function extras(message, hops, lapse)
+  if hops ~= '' then
+    message.h = hops
+  end
+  if lapse ~= '' then
+    message.l = lapse
+  end
+  return message
+end
+"""
+
+# KEYS: versions, prefixes, watermark, tx marker[, changed: when given, each advanced key's commit ms is
+# recorded there for trimming (TRIM_LUA)].
+# ARGV: version, channel, commit_ts_ms, n_keys, tx_id, tx_ttl_s, hops, lapse, keys..., prefixes...
+# `hops` is "<kafka record ts ms> <consumer receipt ms> <publish call ms>" (or empty), carried to the
+# gateways as `h` for the per-hop latency breakdown (bench/latency.py); it changes nothing else.
+# Advances each key (and prefix) only if the new version is greater, moves the watermark, and
+# publishes what advanced. Atomic: a reader sees either none or all of one batch.
+RELEASE_LUA = ADVANCE_LUA + """
+local nkeys = tonumber(ARGV[4])
 local keys = advance(KEYS[1], 9, 8 + nkeys, KEYS[5])
 local prefixes = advance(KEYS[2], 9 + nkeys, #ARGV, nil)
 if ARGV[5] ~= '' then
@@ -66,13 +81,7 @@ if moved then
 end
 if #keys > 0 or #prefixes > 0 or moved then
   local message = {v = v, k = keys, p = prefixes, ts = tonumber(ARGV[3]), wm = wm, x = ARGV[5]}
-  if ARGV[7] ~= '' then
-    message.h = ARGV[7]
-  end
-  if ARGV[8] ~= '' then
-    message.l = ARGV[8]
-  end
-  redis.call('PUBLISH', ARGV[2], cjson.encode(message))
+  redis.call('PUBLISH', ARGV[2], cjson.encode(extras(message, ARGV[7], ARGV[8])))
 end
 return #keys
 """
@@ -129,7 +138,7 @@ class Published:
     lapse: str = ""  # a guarantee that lapsed for this batch's keys (cdc.model.Batch.lapse)
 
 
-def _strings(value: Any) -> tuple[str, ...]:
+def strings_of(value: Any) -> tuple[str, ...]:
     # cjson encodes an empty Lua table as {} rather than [].
     if isinstance(value, list):
         return tuple(str(v) for v in value)
@@ -140,17 +149,17 @@ def decode_published(raw: bytes | str) -> Published:
     body = json.loads(raw)
     return Published(
         version=str(body["v"]),
-        keys=_strings(body.get("k")),
-        prefixes=_strings(body.get("p")),
+        keys=strings_of(body.get("k")),
+        prefixes=strings_of(body.get("p")),
         commit_ts_ms=int(body.get("ts") or 0),
         watermark=str(body.get("wm") or body["v"]),
         tx_id=str(body.get("x") or ""),
-        hops=_hops(body.get("h")),
+        hops=hops_of(body.get("h")),
         lapse=str(body.get("l") or ""),
     )
 
 
-def _hops(value: Any) -> tuple[float, ...]:
+def hops_of(value: Any) -> tuple[float, ...]:
     try:
         return tuple(float(part) for part in str(value or "").split())
     except ValueError:
