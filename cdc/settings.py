@@ -9,6 +9,7 @@ from typing import Literal
 
 from cdc.errors import SettingsError
 from contract import envflags, topics
+from contract.redis_buckets import Layout, LayoutError, cluster_nodes
 
 
 @dataclass(frozen=True)
@@ -103,4 +104,13 @@ PREFIX = "FRESHWIRE_"
 def load_settings(argv: list[str] | None = None) -> Settings:
     parser = envflags.parser_for(Settings, PREFIX, HELP, "python -m cdc",
                                  "Freshwire's consumer: Debezium change events in, exact invalidations out.")
-    return envflags.load(Settings, PREFIX, parser, argv, SettingsError)
+    settings = envflags.load(Settings, PREFIX, parser, argv, SettingsError)
+    try:
+        Layout(settings.redis_buckets)
+        cluster_nodes(settings.redis_url)
+    except LayoutError as exc:
+        raise SettingsError(str(exc)) from None
+    if settings.redis_wait_replicas < 0 or settings.redis_wait_timeout_ms <= 0:
+        raise SettingsError("FRESHWIRE_REDIS_WAIT_REPLICAS must be 0 or more and FRESHWIRE_REDIS_WAIT_TIMEOUT_MS "
+                            "above 0")
+    return settings

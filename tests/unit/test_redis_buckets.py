@@ -154,3 +154,19 @@ def test_any_interleaving_yields_every_release_once_in_order_with_all_its_keys(s
         assert got is not None
         out.extend((p.version, sorted(p.keys)) for p in got)
     assert out == expected
+
+
+@pytest.mark.parametrize(("env", "named"), [
+    ({"FRESHWIRE_REDIS_BUCKETS": "0"}, "FRESHWIRE_REDIS_BUCKETS"),
+    ({"FRESHWIRE_REDIS_URL": "redis+cluster://127.0.0.1"}, "host:port"),
+    ({"FRESHWIRE_REDIS_WAIT_REPLICAS": "-1"}, "FRESHWIRE_REDIS_WAIT_REPLICAS"),
+])
+def test_the_consumer_refuses_a_bad_layout_setting_at_start_by_name(monkeypatch: pytest.MonkeyPatch,
+                                                                     env: dict[str, str], named: str) -> None:
+    from cdc.errors import SettingsError
+    from cdc.settings import load_settings
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError, match=named):
+        load_settings([])
