@@ -75,6 +75,7 @@ class Pipeline:
         self.metrics = metrics
         self.stop = stop
         self.assemblers: dict[int, Assembler] = {}
+        self.assigned: set[int] = set()  # partitions this process consumes: 0 on a hot spare
         self.limits = KeyLimits(settings.cdc_max_tx_keys, settings.cdc_max_tx_key_bytes, settings.cdc_max_tx_prefixes)
         self.redis: Release = redis if redis is not None else RedisRelease(
             settings.redis_url, track_changes=settings.retention_on, buckets=settings.redis_buckets,
@@ -93,6 +94,8 @@ class Pipeline:
 
     # -- rebalance: the stream restarts from the committed offset, so forget what is in hand
     def _on_assign(self, consumer: InputConsumer, partitions: list[TopicPartition]) -> None:
+        self.assigned.update(p.partition for p in partitions)
+        self.metrics.assigned.set(len(self.assigned))
         watermark = self._released_watermark()
         try:
             positions = {tp.partition: tp for tp in consumer.committed(partitions, timeout=10)}
@@ -144,6 +147,8 @@ class Pipeline:
     def _on_revoke(self, _consumer: InputConsumer, partitions: list[TopicPartition]) -> None:
         for p in partitions:
             self.assemblers.pop(p.partition, None)
+            self.assigned.discard(p.partition)
+        self.metrics.assigned.set(len(self.assigned))
         log.info("revoked %s", [p.partition for p in partitions])
 
     def run(self) -> None:

@@ -31,6 +31,8 @@ class Metrics:
             registry=r)
         self.consumer_lag = Gauge("freshwire_cdc_consumer_lag_records", "records behind the input topic's end",
                                   registry=r)
+        self.assigned = Gauge("freshwire_cdc_assigned_partitions",
+                              "input partitions this consumer holds (0: a hot spare in the group)", registry=r)
         self.last_version = Gauge("freshwire_cdc_last_version_lsn", "LSN of the last released version", registry=r)
         self.hold = Histogram("freshwire_cdc_hold_seconds", "time a batch waited for the replicas",
                               buckets=HOLD_BUCKETS, registry=r)
