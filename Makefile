@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 
-.PHONY: install up up-bg down clean test test-unit lint bench bench-latency bench-throughput bench-fanout bench-dbload bench-consistency bench-bigtx bench-redis
+.PHONY: install up up-bg down clean test test-unit lint bench bench-latency bench-throughput bench-fanout bench-dbload bench-consistency bench-bigtx bench-redis bench-durability
 
 install:
 	@bash connectors/install.sh
@@ -40,7 +40,8 @@ lint:
 # Benchmarks print tables and write bench/results/<name>.json and .png (each starts the stack it
 # needs and stops what it started). `make bench` runs them all one after the other (~40 minutes,
 # 10 of them the sustained-throughput hold); never run two at once: they share the two cores.
-bench: bench-latency bench-throughput bench-fanout bench-dbload bench-consistency bench-bigtx bench-redis
+bench: bench-latency bench-throughput bench-fanout bench-dbload bench-consistency bench-bigtx bench-redis \
+       bench-durability
 
 bench-latency: install
 	@$(PY) -m bench.latency
@@ -62,3 +63,7 @@ bench-bigtx: install
 
 bench-redis: install
 	@$(PY) -m bench.redis_release
+
+# A Redis Cluster master SIGKILLed under releases, without and with WAIT (~75 s, a cluster of its own).
+bench-durability: install
+	@$(PY) -m bench.redis_durability
