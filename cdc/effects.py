@@ -22,6 +22,7 @@ from contract.redis_buckets import (
     LAYOUT,
     Layout,
     LayoutError,
+    ScriptCall,
     cluster_nodes,
     layout_value,
     parse_layout_value,
@@ -138,9 +139,7 @@ class RedisRelease:
                              args=release_args(b.version, b.commit_ts_ms, b.keys, b.prefixes, tx, hops=hops,
                                                lapse=b.lapse),
                              client=pipe)
-            advanced = sum(int(n) for n in pipe.execute())
-            self._await_replicas()
-            return advanced
+            return sum(self._execute(pipe))
         except redis.RedisError as exc:
             self._forget_slots()
             raise _redis_error(exc) from exc
@@ -160,39 +159,49 @@ class RedisRelease:
             self._conn = None
 
     def _release_spread(self, batches: Sequence[Batch]) -> int:
-        # Parts first (EVAL: cluster pipelines refuse EVALSHA), then the controls: the watermark and the
-        # tx markers never run ahead of the versions.
+        # Parts first, then the controls: the watermark and the tx markers never run ahead of the versions.
         publish_ms = time.time() * 1000
-        parts = self._redis.pipeline(transaction=False)
-        controls = []
+        parts: list[ScriptCall] = []
+        controls: list[ScriptCall] = []
         for b in batches:
             hops = hops_arg(*b.arrival_ms, publish_ms) if b.arrival_ms[1] else ""
             calls, control = release_calls(self.layout, b.version, b.commit_ts_ms, b.keys, b.prefixes,
                                            b.token_tx_id, TX_TTL_S, hops, b.lapse, self._track)
-            for call in calls:
-                parts.execute_command("EVAL", call.script, len(call.keys), *call.keys, *call.args)
+            parts.extend(calls)
             controls.append(control)
-        advanced = sum(int(n) for n in parts.execute())
-        pipe = self._redis.pipeline(transaction=False)
-        for control in controls:
-            pipe.execute_command("EVAL", control.script, len(control.keys), *control.keys, *control.args)
-        pipe.execute()
-        self._await_replicas()
+        advanced = sum(self._run_by_node(parts))
+        self._run_by_node(controls)
         return advanced
 
-    def _await_replicas(self) -> None:
-        """WAIT on every master: the release survives a master's death once a replica holds it."""
+    def _run_by_node(self, calls: list[ScriptCall]) -> list[int]:
+        """The calls, in order within each node, one pipeline per node (EVAL: cluster pipelines refuse
+        EVALSHA). A node's pipeline is one connection, so its WAIT covers exactly its own writes."""
+        by_node: dict[Any, list[ScriptCall]] = {}
+        for call in calls:
+            node = self._redis.get_node_from_key(call.keys[0]) if self._cluster else None
+            by_node.setdefault(node, []).append(call)
+        replies: list[int] = []
+        for node, node_calls in by_node.items():
+            client = self._redis.get_redis_connection(node) if node is not None else self._redis
+            pipe = client.pipeline(transaction=False)
+            for call in node_calls:
+                pipe.execute_command("EVAL", call.script, len(call.keys), *call.keys, *call.args)
+            replies.extend(self._execute(pipe))
+        return replies
+
+    def _execute(self, pipe: Any) -> list[int]:
+        """Run a pipeline of one node; with `wait_replicas`, its last command is WAIT, on the same
+        connection as the writes (WAIT counts the replicas holding this connection's writes)."""
         replicas, timeout_ms = self._wait
-        if replicas <= 0:
-            return
-        if self._cluster:
-            acks = self._redis.execute_command("WAIT", replicas, timeout_ms, target_nodes=RedisCluster.PRIMARIES)
-            counts = [int(n) for n in (acks.values() if isinstance(acks, dict) else [acks])]
-        else:
-            counts = [int(self._redis.execute_command("WAIT", replicas, timeout_ms))]
-        if min(counts) < replicas:
-            raise EffectError(f"redis: WAIT {replicas} got {min(counts)} replica acknowledgement(s) within "
-                              f"{timeout_ms} ms; the release is retried")
+        if replicas > 0:
+            pipe.execute_command("WAIT", replicas, timeout_ms)
+        replies = [int(n) for n in pipe.execute()]
+        if replicas > 0:
+            acks = replies.pop()
+            if acks < replicas:
+                raise EffectError(f"redis: WAIT {replicas} got {acks} replica acknowledgement(s) within {timeout_ms} "
+                                  "ms; the release is retried")
+        return replies
 
     def trim(self, cutoff_ms: int, max_keys: int, batch: int = TRIM_BATCH) -> int:
         """Drop the versions of keys last changed at or before `cutoff_ms` (or the oldest past `max_keys`),

@@ -194,3 +194,17 @@ def test_a_master_killed_under_releases_loses_nothing_a_gateway_is_told(redis_cl
     assert len({e.version for e in live}) == len(live), "no release twice"
     assert [e.version for e in live] == sorted(e.version for e in live), "in release order"
     assert live[-1].version == released[-1].version
+
+
+def test_wait_acknowledges_a_release_only_once_each_written_master_has_a_replica_holding_it(
+        standalone: str, redis_cluster: redis_procs.Cluster) -> None:
+    """WAIT runs on the connection that wrote, once per master written: on the cluster (one replica per
+    master) `wait_replicas=1` passes and 2 cannot; a standalone Redis has no replica, so 1 cannot."""
+    redis_cluster.wait_ok(60)  # after the failover test: the old master is back as a replica, synced
+    for port in redis_cluster.masters():
+        redis.Redis(port=port).flushall()
+    RedisRelease(redis_cluster.url, buckets=BUCKETS, wait_replicas=1, wait_timeout_ms=2000).release(_releases(5, 8))
+    with pytest.raises(EffectError, match="WAIT 2 got 1"):
+        RedisRelease(redis_cluster.url, buckets=BUCKETS, wait_replicas=2, wait_timeout_ms=100).release(_releases(6, 8))
+    with pytest.raises(EffectError, match="WAIT 1 got 0"):
+        RedisRelease(standalone, wait_replicas=1, wait_timeout_ms=100).release(_releases(1, 1))
