@@ -24,13 +24,21 @@ WS_IMPL = "websockets-sansio" if "websockets-sansio" in WS_PROTOCOLS else "webso
 def redis_refusal(url: str) -> str | None:
     """Why the version store's Redis cannot keep it (an evicting policy, TTLs); None if it can, if the
     backend is not Redis, or if Redis is not reachable yet (the gateway then retries as usual)."""
-    if not url.startswith(("redis://", "rediss://", "unix://")):
-        return None
     import redis
 
+    from contract.redis_buckets import cluster_nodes
     from contract.redis_health import refusal
 
     try:
+        nodes = cluster_nodes(url)
+        if nodes is not None:  # each seed node (the layout's keys live on one of them: TTLs not checked)
+            for host, port in nodes:
+                with redis.Redis(host=host, port=port, socket_timeout=2, socket_connect_timeout=2) as client:
+                    if refused := refusal(client, check_ttls=False):
+                        return refused
+            return None
+        if not url.startswith(("redis://", "rediss://", "unix://")):
+            return None
         with redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2) as client:
             return refusal(client)
     except (redis.RedisError, OSError):

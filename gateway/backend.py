@@ -52,8 +52,8 @@ def backend_for(url: str) -> Backend:
         from gateway.backend_memory import MemoryBackend
 
         return MemoryBackend()
-    if url.startswith(("redis://", "rediss://", "unix://")):
+    if url.startswith(("redis://", "rediss://", "unix://", "redis+cluster://")):
         from gateway.backend_redis import RedisBackend
 
         return RedisBackend(url)
-    raise ValueError(f"no backend for {url!r}: use redis://… or memory://")
+    raise ValueError(f"no backend for {url!r}: use redis://…, redis+cluster://host:port,… or memory://")
