@@ -15,6 +15,9 @@ REPLICATION_FACTOR = 3   # every topic, the internal ones too
 MIN_INSYNC_REPLICAS = 2  # an acks=all write survives the loss of any one broker
 INTERNAL_TOPIC_PARTITIONS = 5  # offsets and transaction state (50 by default: slow to create on 2 cores)
 CONNECT_GROUP = "freshwire-connect"
+BROKER_SESSION_TIMEOUT_MS = 3000  # a silent broker is fenced after this: its partitions get new leaders
+BROKER_HEARTBEAT_MS = 500
+CDC_RETRY_MAX_S = 0.5  # the consumers' longest back-off between retries of an effect
 REDIS_NODE_TIMEOUT_MS = 2000  # a master silent this long is failed over to its replica
 HAPROXY_MAXCONN = 9000    # HAProxy needs ~2 descriptors a connection: stays under a 20,000 hard `ulimit -n`
 HAPROXY_TUNNEL_TIMEOUT = "1h"  # an idle WebSocket lives this long (clients ping well within it)
@@ -44,6 +47,10 @@ def kafka_node_props(lay: ClusterLayout, node: int, data_dir: Path, max_message_
         "default.replication.factor": REPLICATION_FACTOR,
         "min.insync.replicas": MIN_INSYNC_REPLICAS,
         "unclean.leader.election.enable": "false",
+        # A broker that dies (SIGKILL, a lost host) is fenced after this much silence, and its partitions'
+        # leadership moves: the default 9 s would stall the input topic for ~10 s (docs/scaling.md).
+        "broker.session.timeout.ms": BROKER_SESSION_TIMEOUT_MS,
+        "broker.heartbeat.interval.ms": BROKER_HEARTBEAT_MS,
         "offsets.topic.replication.factor": REPLICATION_FACTOR,
         "offsets.topic.num.partitions": INTERNAL_TOPIC_PARTITIONS,
         "transaction.state.log.replication.factor": REPLICATION_FACTOR,
@@ -189,6 +196,7 @@ def servers_up(stats_csv: str, backend: str) -> set[str]:
 def cdc_env(base: dict[str, str], lay: ClusterLayout, process: int) -> dict[str, str]:
     """cdc process `process` (1-based): the apps' env (services.app_env, which already names the
     cluster's brokers, Redis nodes and Connect through HAProxy), its own metrics port, and the Redis
-    buckets only cdc reads."""
+    buckets only cdc reads. Its retries back off to at most CDC_RETRY_MAX_S: a Redis failover takes
+    ~4 s, and a 5 s back-off step would add up to 5 s more after it."""
     return {**base, "FRESHWIRE_CDC_METRICS_PORT": str(lay.cdc_metrics_ports[process - 1]),
-            "FRESHWIRE_REDIS_BUCKETS": str(REDIS_BUCKETS)}
+            "FRESHWIRE_REDIS_BUCKETS": str(REDIS_BUCKETS), "FRESHWIRE_CDC_RETRY_MAX_S": str(CDC_RETRY_MAX_S)}
