@@ -265,16 +265,7 @@ async def run(s: StackSettings, size: int, seed: int, faults: int, items: int, t
     wrote_s = time.monotonic() - started
 
     def lost() -> list[tuple[str, str, str]]:
-        missing = []
-        for n, (tenant, behaviour, c) in enumerate(clients):
-            for key in universe(items, tenant):
-                if key in writer.window:
-                    low, high = writer.window[key]
-                    got = c.versions.get(key)
-                    if not (got is not None and low < got <= high):
-                        who = f"client {n} (tenant {tenant}, {behaviour}, {c.state}, {c.connects} connects)"
-                        missing.append((who, key, f"{got} not in ({low}, {high}]"))
-        return missing
+        return missing_keys(clients, items, writer.window)
 
     deadline = time.monotonic() + timeout_s
     while lost() and time.monotonic() < deadline:
@@ -285,16 +276,9 @@ async def run(s: StackSettings, size: int, seed: int, faults: int, items: int, t
     missing = lost()
     violations: list[str] = [f"lost: {who}: {n} keys" for who, n in Counter(w for w, _k, _g in missing).items()]
     violations += [f"lost: {who} {key} at {got}" for who, key, got in missing[:10]]
-    checked = 0
-    for tenant, _b, c in clients:
-        last: dict[str, str] = {}
-        for key, version in c.received:
-            checked += 1
-            if not key.startswith(f"chaos:{tenant}:"):
-                violations.append(f"leak: tenant {tenant} got {key}")
-            if version <= last.get(key, ""):
-                violations.append(f"order: tenant {tenant} {key} {version} after {last[key]}")
-            last[key] = version
+    found, checked = received_violations(clients)
+    violations += found
+    for _t, _b, c in clients:
         await c.close()
     running = stack.running_parts(s)
     for name in ("postgres", "redis", "kafka", "connect", "cdc", "gateway", "gateway2"):
@@ -312,6 +296,39 @@ async def run(s: StackSettings, size: int, seed: int, faults: int, items: int, t
         "write_seconds": round(wrote_s, 1), "settle_seconds": round(settled_s, 1),
         "violations": violations,
     }
+
+
+def missing_keys(clients: list[tuple[int, str, Client]], items: int,
+                 window: dict[str, tuple[str, str]]) -> list[tuple[str, str, str]]:
+    """(client, key, what it holds) for every key a client does not hold at the version of the last
+    transaction that touched it (a commit between the two WAL positions of `window`)."""
+    missing = []
+    for n, (tenant, behaviour, c) in enumerate(clients):
+        for key in universe(items, tenant):
+            if key in window:
+                low, high = window[key]
+                got = c.versions.get(key)
+                if not (got is not None and low < got <= high):
+                    who = f"client {n} (tenant {tenant}, {behaviour}, {c.state}, {c.connects} connects)"
+                    missing.append((who, key, f"{got} not in ({low}, {high}]"))
+    return missing
+
+
+def received_violations(clients: list[tuple[int, str, Client]]) -> tuple[list[str], int]:
+    """Leaks (another tenant's key) and order breaks (a version not above the last one of its key,
+    which also catches a delivery twice) in what each client received; and how many were checked."""
+    violations: list[str] = []
+    checked = 0
+    for tenant, _b, c in clients:
+        last: dict[str, str] = {}
+        for key, version in c.received:
+            checked += 1
+            if not key.startswith(f"chaos:{tenant}:"):
+                violations.append(f"leak: tenant {tenant} got {key}")
+            if version <= last.get(key, ""):
+                violations.append(f"order: tenant {tenant} {key} {version} after {last[key]}")
+            last[key] = version
+    return violations, checked
 
 
 def _ready_within(url: str, timeout_s: float) -> bool:

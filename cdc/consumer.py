@@ -51,7 +51,7 @@ def consumer_config(settings: Settings) -> dict[str, object]:
         # A crashed consumer's partition moves to its restart (or the hot spare) after this,
         # not after librdkafka's default 45 s: found by the chaos harness.
         "session.timeout.ms": 6000,
-        "heartbeat.interval.ms": 1500,
+        "heartbeat.interval.ms": 1000,
         # Fetches always return at least one whole record, so a record as large as the topic allows
         # is read in one go; this only bounds how much one fetch brings in.
         "fetch.max.bytes": MAX_MESSAGE_BYTES * 2,

@@ -15,8 +15,8 @@ REPLICATION_FACTOR = 3   # every topic, the internal ones too
 MIN_INSYNC_REPLICAS = 2  # an acks=all write survives the loss of any one broker
 INTERNAL_TOPIC_PARTITIONS = 5  # offsets and transaction state (50 by default: slow to create on 2 cores)
 CONNECT_GROUP = "freshwire-connect"
-BROKER_SESSION_TIMEOUT_MS = 3000  # a silent broker is fenced after this: its partitions get new leaders
-BROKER_HEARTBEAT_MS = 500
+BROKER_SESSION_TIMEOUT_MS = 2000  # a silent broker is fenced after this: its partitions get new leaders
+BROKER_HEARTBEAT_MS = 250
 CDC_RETRY_MAX_S = 0.5  # the consumers' longest back-off between retries of an effect
 REDIS_NODE_TIMEOUT_MS = 2000  # a master silent this long is failed over to its replica
 HAPROXY_MAXCONN = 9000    # HAProxy needs ~2 descriptors a connection: stays under a 20,000 hard `ulimit -n`
@@ -48,7 +48,8 @@ def kafka_node_props(lay: ClusterLayout, node: int, data_dir: Path, max_message_
         "min.insync.replicas": MIN_INSYNC_REPLICAS,
         "unclean.leader.election.enable": "false",
         # A broker that dies (SIGKILL, a lost host) is fenced after this much silence, and its partitions'
-        # leadership moves: the default 9 s would stall the input topic for ~10 s (docs/scaling.md).
+        # leadership (and the groups it coordinates) move: the default 9 s would stall the input topic and
+        # expire the consumers' 6 s sessions (docs/scaling.md).
         "broker.session.timeout.ms": BROKER_SESSION_TIMEOUT_MS,
         "broker.heartbeat.interval.ms": BROKER_HEARTBEAT_MS,
         "offsets.topic.replication.factor": REPLICATION_FACTOR,

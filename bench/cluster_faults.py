@@ -1,0 +1,305 @@
+"""Faults on the cluster topology (#12): one member of each tier SIGKILLed, one at a time, while a writer
+runs transactions and clients spread over the gateways through HAProxy hold subscriptions.
+
+The members killed, in order: the broker leading `freshwire.cdc`, the Connect worker running the
+Debezium task, the Redis master serving the control slot, the active cdc consumer, and the gateway
+holding the most connections. For each it measures the recovery time: from the kill until every client
+has received a change committed after the kill (a probe row per tenant, written every PROBE_S). The
+killed member is then started again (a Redis master comes back as a replica) before the next fault.
+
+At the end it checks what the chaos harness checks (bench/chaos.py), against the database's own WAL
+positions: every client ends at the version of the last transaction that touched each key, versions
+strictly increase per key per client (nothing twice), no client received another tenant's key, and
+every part is running and ready. With a replica it also re-reads every probe row from the replica as
+soon as its invalidation arrives: the replica must already have the row (never a stale read).
+
+    FRESHWIRE_TOPOLOGY=cluster .venv/bin/python -m connectors.stack up --detach
+    FRESHWIRE_TOPOLOGY=cluster .venv/bin/python -m bench.cluster_faults [--rate 40] [--results DIR]
+
+Prints a table, writes <results>/cluster_faults.json, exits 1 on any violation. Loopback only; bounded
+by --timeout per recovery and the fixed list of faults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import signal
+import sys
+import threading
+import time
+import urllib.request
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import redis
+
+from bench.chaos import (
+    SECRET,
+    TENANTS,
+    Writer,
+    client_task,
+    ensure_connector,
+    item_key,
+    missing_keys,
+    received_violations,
+    universe,
+)
+from clients.python.client import Client
+from connectors import cluster, procs, stack
+from connectors.stack_settings import StackSettings, load_stack_settings
+from contract import topics
+from contract.versions import lsn_of_text, version_of_lsn
+from gateway.auth import mint
+
+RESULTS = Path(__file__).parent / "results"
+FAULTS = ("broker", "connect", "redis", "cdc", "gateway")
+TARGETS_S = {"broker": 5.0, "connect": 15.0, "redis": 6.0, "cdc": 8.0, "gateway": 2.0}  # the issue's targets
+PROBE_S = 0.1      # a probe row per tenant is updated this often
+STEADY_S = 3.0     # calm before each fault
+# tenant_of(id) gives the tenant; outside the writer's ids and bulks; parent 0 is outside its parents
+PROBE_ID = {1: 9_000_002, 2: 9_000_001}
+ITEMS = 40
+
+
+def probe_key(tenant: int) -> str:
+    return item_key(PROBE_ID[tenant])
+
+
+@dataclass
+class Probe:
+    """Updates one row per tenant every PROBE_S, remembering each write's WAL window and start time."""
+
+    dsn: str
+    replica_dsn: str | None
+    writes: list[tuple[float, int, str, str]] = field(default_factory=list)  # (started, tenant, inside, after)
+    stale: list[str] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        with psycopg.connect(self.dsn, autocommit=False) as conn:
+            n = 0
+            while not self.stop.is_set():
+                n += 1
+                for tenant in TENANTS:
+                    started = time.monotonic()
+                    with conn.cursor() as cur:
+                        cur.execute("INSERT INTO chaos_items VALUES (%s, %s, 0, %s) ON CONFLICT (id) DO UPDATE "
+                                    "SET val = EXCLUDED.val", (PROBE_ID[tenant], tenant, f"p{n}"))
+                        inside = cur.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()
+                    conn.commit()
+                    after = conn.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()
+                    assert inside is not None and after is not None
+                    self.writes.append((started, tenant, _version(inside[0]), _version(after[0])))
+                time.sleep(PROBE_S)
+
+    def first_after(self, t0: float, tenant: int) -> str | None:
+        """The WAL position just before the first probe write of `tenant` started after t0: a client
+        holding a version above it has received a change committed after t0."""
+        return next((inside for started, t, inside, _after in self.writes if started > t0 and t == tenant), None)
+
+    def check_replica(self, version: str, tenant: int) -> None:
+        """The probe write behind `version` must already be on the replica: an invalidation promises it."""
+        if self.replica_dsn is None:
+            return
+        wanted = next((n for n, (_s, t, inside, after) in enumerate(self.writes)
+                       if t == tenant and inside < version <= after), None)
+        if wanted is None:
+            return
+        with psycopg.connect(self.replica_dsn, autocommit=True) as conn:
+            replay = conn.execute("SELECT pg_last_wal_replay_lsn()::text").fetchone()
+        if replay is None or _version(replay[0]) < self.writes[wanted][2]:
+            self.stale.append(f"replica at {replay} behind invalidation {version} of tenant {tenant}")
+
+
+def _version(lsn: object) -> str:
+    return version_of_lsn(lsn_of_text(str(lsn)))
+
+
+# ---------------------------------------------------------------- who to kill
+
+def _kafka_leader(s: StackSettings) -> str:
+    from confluent_kafka.admin import AdminClient
+
+    meta = AdminClient({"bootstrap.servers": s.kafka_bootstrap}).list_topics(topics.CHANGES, timeout=10)
+    leader = meta.topics[topics.CHANGES].partitions[0].leader
+    return cluster.KAFKA[leader - 1]  # node ids are 1..n, in the order of KAFKA
+
+
+def _task_worker(s: StackSettings) -> str:
+    with urllib.request.urlopen(f"{s.connect_url}/connectors/freshwire-postgres/status", timeout=10) as r:
+        worker = json.load(r)["tasks"][0]["worker_id"]
+    return cluster.CONNECT[s.cluster.connect_ports.index(int(worker.rsplit(":", 1)[1]))]
+
+
+def _control_master(s: StackSettings) -> str:
+    for port in s.cluster.redis_ports:
+        try:
+            client = redis.Redis(host=s.host, port=port, socket_timeout=2)
+            slot = int(client.execute_command("CLUSTER KEYSLOT", "{fw}:watermark"))  # type: ignore[no-untyped-call]
+            for start, end, master, *_ in client.execute_command("CLUSTER SLOTS"):  # type: ignore[no-untyped-call]
+                if int(start) <= slot <= int(end):
+                    return cluster.REDIS[s.cluster.redis_ports.index(int(master[1]))]
+        except redis.RedisError:
+            continue
+    raise RuntimeError("no Redis node answered CLUSTER SLOTS")
+
+
+def _metric(url: str, name: str) -> float:
+    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    return 0.0
+
+
+def _active_cdc(s: StackSettings) -> str:
+    for name, url in zip(cluster.CDC, s.cluster.cdc_metrics_urls, strict=True):
+        if _metric(url, "freshwire_cdc_assigned_partitions") > 0:
+            return name
+    raise RuntimeError("no cdc process holds the input partition")
+
+
+def _busiest_gateway(s: StackSettings) -> str:
+    counts = {name: _metric(url, "freshwire_gateway_connections")
+              for name, url in zip(cluster.GATEWAY, s.cluster.gateway_urls, strict=True)}
+    return max(counts, key=lambda n: counts[n])
+
+
+TARGET = {"broker": _kafka_leader, "connect": _task_worker, "redis": _control_master, "cdc": _active_cdc,
+          "gateway": _busiest_gateway}
+
+
+def kill(s: StackSettings, name: str) -> None:
+    pid = procs.recorded_pid(s.pids_dir, name)
+    if pid is None:
+        raise RuntimeError(f"{name} is not running before its fault")
+    os.kill(pid, signal.SIGKILL)
+    procs.stop(name, s.pids_dir, timeout_s=5)  # reaps it and removes its pid file
+
+
+def restart(s: StackSettings, name: str) -> None:
+    part = next(p for p in cluster.parts(s) if p.name == name)
+    proc = part.build(s)
+    procs.start(proc, s.pids_dir)
+    procs.wait_ready(proc)
+    if name in cluster.KAFKA or name in cluster.CONNECT:
+        ensure_connector(s)
+
+
+# ---------------------------------------------------------------- the run
+
+async def _recovered(clients: list[tuple[int, str, Client]], probe: Probe, t0: float, timeout_s: float) -> float | None:
+    deadline = t0 + timeout_s
+    while time.monotonic() < deadline:
+        if all((floor := probe.first_after(t0, tenant)) is not None
+               and (c.versions.get(probe_key(tenant)) or "") > floor for tenant, _b, c in clients):
+            return time.monotonic() - t0
+        await asyncio.sleep(0.02)
+    return None
+
+
+async def run(s: StackSettings, rate: float, seed: int, timeout_s: float,
+              faults: tuple[str, ...] = FAULTS) -> dict[str, Any]:
+    rng = random.Random(seed)
+    tokens = {t: mint(SECRET, f"faults-{t}", [f"chaos:{t}:*"], 7200) for t in TENANTS}
+    clients: list[tuple[int, str, Client]] = []
+    for n in range(6):
+        tenant = TENANTS[n % 2]
+        c = Client(s.cluster.haproxy_ws_url, token=tokens[tenant], record=True, max_backoff_s=0.5)
+        await c.start()
+        await c.subscribe([*universe(ITEMS, tenant), probe_key(tenant)])
+        clients.append((tenant, ("steady", "slow")[n % 2], c))
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(client_task(c, b, rng, stop)) for _t, b, c in clients]
+    probe = Probe(s.app_dsn, s.replica_dsn if s.with_replica else None)
+    writer = Writer(s, random.Random(seed + 1), ITEMS, size=10**6)
+    writer_thread = threading.Thread(target=writer.run, name="faults-writer")
+    probe_thread = threading.Thread(target=probe.run, name="faults-probe")
+    writer_thread.start()
+    await asyncio.sleep(1.0)  # the writer truncates the table first
+    probe_thread.start()
+    started = time.monotonic()
+    loop = asyncio.get_running_loop()
+
+    async def pace() -> None:  # the writer may run `rate` transactions a second
+        while not stop.is_set():
+            writer.allowed = int((time.monotonic() - started) * rate)
+            await asyncio.sleep(0.05)
+
+    pacer = asyncio.create_task(pace())
+    recoveries: dict[str, dict[str, Any]] = {}
+    seen_replica: Counter[str] = Counter()
+    for fault in faults:
+        await asyncio.sleep(STEADY_S)
+        name = await loop.run_in_executor(None, TARGET[fault], s)
+        t0 = time.monotonic()
+        await loop.run_in_executor(None, kill, s, name)
+        took = await _recovered(clients, probe, t0, timeout_s)
+        recoveries[fault] = {"killed": name, "recovery_s": None if took is None else round(took, 2),
+                             "target_s": TARGETS_S[fault]}
+        print(f"  {fault:<8} {name:<9} deliveries back in "
+              f"{'never' if took is None else f'{took:5.2f}s'} (target {TARGETS_S[fault]:.0f}s)", flush=True)
+        await loop.run_in_executor(None, restart, s, name)
+    stop.set()
+    writer.stop.set()
+    probe.stop.set()
+    pacer.cancel()
+    writer_thread.join(30)
+    probe_thread.join(30)
+    for tenant, _b, c in clients:  # every probe invalidation a client got: the replica must have the row
+        for key, version in c.received:
+            if key == probe_key(tenant):
+                seen_replica[key] += 1
+                probe.check_replica(version, tenant)
+
+    def lost() -> list[tuple[str, str, str]]:
+        return missing_keys(clients, ITEMS, writer.window)
+
+    deadline = time.monotonic() + timeout_s
+    while lost() and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    await asyncio.gather(*tasks)
+    violations = [f"lost: {who} {key} at {got}" for who, key, got in lost()[:20]]
+    found, checked = received_violations(clients)
+    violations += found
+    for _t, _b, c in clients:
+        await c.close()
+    violations += probe.stale
+    violations += [f"recovery: {f} never resumed" for f, r in recoveries.items() if r["recovery_s"] is None]
+    running = stack.running_parts(s)
+    violations += [f"down: {name} is not running at the end" for name in cluster.ORDER
+                   if name not in running and name != "replica" and not (name == "demo" and "demo" not in running)]
+    return {"seed": seed, "transactions": writer.done, "probe_writes": len(probe.writes),
+            "invalidations_checked": checked, "replica_rereads": sum(seen_replica.values()),
+            "keys_checked": sum(1 for t, _b, _c in clients for k in universe(ITEMS, t) if k in writer.window),
+            "recoveries": recoveries, "violations": violations}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rate", type=float, default=40.0, help="writer transactions per second")
+    parser.add_argument("--seed", type=int, default=5)
+    parser.add_argument("--timeout", type=float, default=60.0, help="longest wait for one recovery, and to settle")
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--faults", nargs="+", choices=FAULTS, default=list(FAULTS), help="which members to kill")
+    args = parser.parse_args(argv)
+    s = load_stack_settings()
+    if s.topology != "cluster":
+        print("set FRESHWIRE_TOPOLOGY=cluster (and start it: connectors.stack up --detach)", file=sys.stderr)
+        return 2
+    summary = asyncio.run(run(s, args.rate, args.seed, args.timeout, tuple(args.faults)))
+    args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / "cluster_faults.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in summary.items() if k != "recoveries"}, indent=2))
+    return 1 if summary["violations"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
