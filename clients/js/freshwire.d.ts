@@ -88,6 +88,11 @@ export interface Unsubscribe {
   readonly ready: Promise<void>;
 }
 
+export interface SubscribeOptions {
+  /** key -> the version the caller's data reflects (null or missing: unknown). */
+  since?: Record<string, Version | null | undefined>;
+}
+
 export interface AwaitOptions {
   /** Sent as `timeout_ms` (default 5000, at most the gateway's `await_max_ms`). */
   timeoutMs?: number;
@@ -179,8 +184,10 @@ export declare class Freshwire {
   readonly state: State;
   /** Subscribe keys; `onInvalidate` gets the changes of these keys only. Returns the unsubscribe
    *  function, with `ready`. Calls made in one tick share frames. Throws TypeError for a key outside
-   *  the protocol's alphabet. */
-  subscribe(keys: string | Iterable<string>, onInvalidate: ChangesListener): Unsubscribe;
+   *  the protocol's alphabet. `since`: the versions the caller's data already reflects (e.g. those a
+   *  server render read); a key new to this client is subscribed from there (no change between render
+   *  and subscribe is lost, none before it is repeated), a key held newer is handed over at once. */
+  subscribe(keys: string | Iterable<string>, onInvalidate: ChangesListener, options?: SubscribeOptions): Unsubscribe;
   /** Read-your-writes: resolves once the write token's transaction is released. */
   await(writeToken: string, options?: AwaitOptions): Promise<Visible>;
   /** `fn` for every `lapse` message, after the listeners of the invalidate it concerns; a throwing

@@ -15,6 +15,7 @@
 export const SUBPROTOCOL = "freshwire.v1";
 
 const KEY_RE = /^[A-Za-z0-9_.:@/+=-]{1,256}$/;
+const VERSION_RE = /^[0-9a-f]{16}$/;
 const CLOSE_AUTH = 4001;
 const AWAIT_GRACE_MS = 5000;     // client-side guard on top of an await's timeout_ms
 const OPEN = 1;                  // WebSocket.OPEN
@@ -467,13 +468,17 @@ export class Freshwire {
    *  Returns an unsubscribe function whose `ready` promise resolves once every key is live on the
    *  gateway (across reconnects if need be), or rejects with a FreshwireError (`forbidden`,
    *  `too_many_keys`, … with `.keys`: the refused keys, which are dropped; the others stay) or `closed`.
-   *  Calls made in one tick share frames. */
-  subscribe(keys, onInvalidate) {
+   *  Calls made in one tick share frames.
+   *  `since` ({key: version}) names the versions the caller's data already reflects (say, the versions
+   *  a server render read): a key new to this client is subscribed from there, so only later changes
+   *  reach the listener; a key held at a newer version already is handed to the listener at once. */
+  subscribe(keys, onInvalidate, { since } = {}) {
     const list = [...new Set(typeof keys === "string" ? [keys] : Array.from(keys))];
     for (const key of list) {
       if (typeof key !== "string" || !KEY_RE.test(key)) throw new TypeError(`freshwire: invalid key ${JSON.stringify(key)}`);
     }
     if (typeof onInvalidate !== "function") throw new TypeError("freshwire: onInvalidate must be a function");
+    if (since != null && typeof since !== "object") throw new TypeError("freshwire: since must be an object of versions");
     const sub = { keys: new Set(list), fn: onInvalidate, active: true };
     const ticket = {};
     const ready = new Promise((resolve, reject) => { ticket.resolve = resolve; ticket.reject = reject; });
@@ -485,13 +490,23 @@ export class Freshwire {
       ticket.reject(new FreshwireError("closed", "the client is closed"));
       return off;
     }
+    const behind = {};                                  // held newer than what the caller has seen
     for (const key of list) {
+      const seen = since?.[key];
+      const given = typeof seen === "string" && VERSION_RE.test(seen) ? seen : null;
       let set = this._subs.get(key);
       if (!set) {
         this._subs.set(key, (set = new Set()));
-        if (!this.versions.has(key)) this.versions.set(key, null);
+        if (!this.versions.has(key)) this.versions.set(key, given);
+      } else {
+        const held = this.versions.get(key);
+        // Never raise a key other listeners share: they may not have seen that version.
+        if (held != null && given !== null && held > given) behind[key] = held;
       }
       set.add(sub);
+    }
+    if (Object.keys(behind).length) {
+      queueMicrotask(() => { if (sub.active) this._deliver(sub.fn, behind, { at: clock(), open: 0 }); });
     }
     this._outbox.want(list, ticket);
     this._changed();

@@ -660,3 +660,21 @@ test("browser offline/online events drop the socket at once and reconnect when b
   instances[1].open();
   assert.equal(fw.state, "open");
 });
+
+test("subscribe with since: a new key is subscribed from the caller's version; a key held newer is handed over at once", async (t) => {
+  const { fw, ws } = await setupOpen(t);
+  const got = [], late = [];
+  fw.subscribe(["card:1", "board:1"], (c) => got.push(c), { since: { "card:1": V(7), "board:1": "not a version" } });
+  await tick();
+  const [f1] = ws().frames("subscribe");
+  assert.deepEqual(f1.since, { "card:1": V(7), "board:1": null });
+  answer(ws(), { "card:1": V(7) });
+  ws().push({ type: "invalidate", keys: { "card:1": V(7) } });                  // already rendered: ignored
+  ws().push({ type: "invalidate", keys: { "card:1": V(9) } });
+  assert.deepEqual(got, [{ "card:1": V(9) }]);
+  fw.subscribe("card:1", (c) => late.push(c), { since: { "card:1": V(8) } });   // rendered before V(9)
+  await tick();
+  assert.deepEqual(late, [{ "card:1": V(9) }]);
+  assert.equal(fw.versions.get("card:1"), V(9), "a shared key is never moved by a caller's since");
+  assert.throws(() => fw.subscribe("card:2", () => {}, { since: "x" }), TypeError);
+});
