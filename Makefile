@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 
-.PHONY: install up up-bg down clean test test-unit lint bench bench-latency bench-throughput bench-fanout bench-dbload bench-consistency bench-bigtx bench-redis bench-durability
+.PHONY: install up up-bg down clean nextjs test test-unit lint bench bench-latency bench-throughput bench-fanout bench-dbload bench-consistency bench-bigtx bench-redis bench-durability
 
 install:
 	@bash connectors/install.sh
@@ -19,12 +19,16 @@ down:
 clean:
 	@$(PY) -m connectors.stack clean
 
+# The Next.js example (examples/nextjs) against a running stack (`make up`), on FRESHWIRE_NEXTJS_PORT (18091).
+nextjs: install
+	@$(PY) -m connectors.nextjs
+
 test: install
-	@node --test clients/js/test/
+	@node --test clients/js/test/ clients/next/test/
 	@$(PY) -m pytest -q
 
 test-unit: install
-	@node --test clients/js/test/
+	@node --test clients/js/test/ clients/next/test/
 	@$(PY) -m pytest -q -m "not stack"
 
 # tests/ has no packages and each test directory imports its helpers by bare name (as pytest does), so
@@ -36,6 +40,7 @@ lint:
 	@MYPYPATH=tests/gateway .venv/bin/mypy --explicit-package-bases tests/gateway
 	@MYPYPATH=tests/security:tests/gateway .venv/bin/mypy --explicit-package-bases tests/security
 	@.venv/bin/mypy --explicit-package-bases tests/conftest.py tests/test_compose.py tests/e2e
+	@cd examples/nextjs && node node_modules/typescript/bin/tsc --noEmit -p .
 
 # Benchmarks print tables and write bench/results/<name>.json and .png (each starts the stack it
 # needs and stops what it started). `make bench` runs them all one after the other (~40 minutes,

@@ -51,4 +51,26 @@ if [ ! -f "$DBZ_PLUGINS/debezium-connector-postgres/debezium-connector-postgres-
   tar xzf "$tmp"/debezium-connector-postgres-3.6.1.Final-plugin.tar.gz -C "$DBZ_PLUGINS"
   rm -rf "$tmp"
 fi
-echo "installed: postgres $(/usr/lib/postgresql/15/bin/postgres --version | awk '{print $3}'), redis $(redis-server --version | sed -E 's/.*v=([0-9.]+).*/\1/'), kafka 4.4.0, debezium 3.6.1.Final"
+# The Next.js package and example (clients/next, examples/nextjs): npm ci from the committed locks when
+# they (or the local packages the example installs by copy) changed, then a production `next build`
+# when the example's sources changed (connectors/nextjs.py keeps a digest of them).
+node_ok=$(node -e 'const [a,b]=process.versions.node.split(".").map(Number); console.log(a>20||(a===20&&b>=9)?1:0)' 2>/dev/null || echo 0)
+if [ "$node_ok" != 1 ]; then
+  echo "Node.js >= 20.9 (with npm) is needed for clients/js, clients/next and examples/nextjs" >&2
+  exit 1
+fi
+npm_ci() {  # npm ci in $1 unless its stamp matches the digest of its lock and the files listed after it
+  local dir=$1; shift
+  local digest
+  digest=$(cat "$dir/package-lock.json" "$dir/package.json" "$@" | sha256sum | cut -d' ' -f1)
+  if [ ! -f "$dir/node_modules/.freshwire-installed" ] || [ "$(cat "$dir/node_modules/.freshwire-installed")" != "$digest" ]; then
+    echo "installing npm packages in $dir"
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+    mkdir -p "$dir/node_modules" && echo "$digest" > "$dir/node_modules/.freshwire-installed"
+  fi
+}
+npm_ci clients/next
+npm_ci examples/nextjs clients/next/*.js clients/next/*.d.ts clients/next/package.json \
+  clients/js/freshwire.js clients/js/freshwire.d.ts clients/js/package.json
+.venv/bin/python -m connectors.nextjs --build-only
+echo "installed: postgres $(/usr/lib/postgresql/15/bin/postgres --version | awk '{print $3}'), redis $(redis-server --version | sed -E 's/.*v=([0-9.]+).*/\1/'), kafka 4.4.0, debezium 3.6.1.Final, next $(node -p "require('./examples/nextjs/node_modules/next/package.json').version")"
