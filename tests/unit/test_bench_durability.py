@@ -37,10 +37,10 @@ def test_a_release_writes_to_a_shard_through_its_buckets_or_the_control_slot() -
 def test_rate_and_table() -> None:
     assert per_s(300, 2.0) == 150.0
     assert per_s(5, 0.0) == 0.0
-    row = {"mode": "1p", "acknowledged": 10, "lost_at_failover": 0, "lost_at_end": 0,
+    row = {"mode": "1", "acknowledged": 10, "lost_at_failover": 0, "lost_at_end": 0,
            "releases_per_s_before_kill": 800.5, "kill_to_promotion_s": 3.9, "kill_to_first_ack_s": None,
            "kill_to_rejoined_s": 9.04, "acknowledged_while_promoted_master_had_no_replica": 0,
            "releases_per_s_after_recovery": 700.0, "errors_after_kill": 3}
     lines = table([row])
     assert len(lines) == 3 and "lost at failover" in lines[0]
-    assert "1p" in lines[2] and "never" in lines[2] and "3.90 s" in lines[2] and "9.04 s" in lines[2]
+    assert " 1 |" in lines[2] and "never" in lines[2] and "3.90 s" in lines[2] and "9.04 s" in lines[2]
