@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Literal
 
 from connectors.cluster_layout import REDIS_BUCKETS, ClusterLayout
+from connectors.connect_config import Props, worker_props
 
 REPLICATION_FACTOR = 3   # every topic, the internal ones too
 MIN_INSYNC_REPLICAS = 2  # an acks=all write survives the loss of any one broker
 INTERNAL_TOPIC_PARTITIONS = 5  # offsets and transaction state (50 by default: slow to create on 2 cores)
-CONNECT_GROUP = "freshwire-connect"
 BROKER_SESSION_TIMEOUT_MS = 2000  # a silent broker is fenced after this: its partitions get new leaders
 BROKER_HEARTBEAT_MS = 250
 CDC_RETRY_MAX_S = 0.5  # the consumers' longest back-off between retries of an effect
@@ -27,7 +27,6 @@ HAPROXY_CHECK_INTER = "1s"     # /readyz on every gateway this often; 2 failures
 # in one Kafka transaction, and a task's producer is fenced when the task starts elsewhere.
 EXACTLY_ONCE_OVERRIDES = {"exactly.once.support": "required", "transaction.boundary": "poll"}
 
-Props = dict[str, str | int]
 
 
 def kafka_node_props(lay: ClusterLayout, node: int, data_dir: Path, max_message_bytes: int) -> Props:
@@ -70,29 +69,7 @@ def connect_worker_props(lay: ClusterLayout, worker: int, plugins_dir: Path) -> 
     """Worker `worker` (1-based) of the one distributed Connect group."""
     port = lay.connect_ports[worker - 1]
     return {
-        "bootstrap.servers": lay.kafka_bootstrap,
-        "group.id": CONNECT_GROUP,
-        "key.converter": "org.apache.kafka.connect.json.JsonConverter",
-        "value.converter": "org.apache.kafka.connect.json.JsonConverter",
-        "key.converter.schemas.enable": "false",
-        "value.converter.schemas.enable": "false",
-        "config.storage.topic": "freshwire-connect-configs",
-        "offset.storage.topic": "freshwire-connect-offsets",
-        "status.storage.topic": "freshwire-connect-status",
-        "config.storage.replication.factor": REPLICATION_FACTOR,
-        "offset.storage.replication.factor": REPLICATION_FACTOR,
-        "offset.storage.partitions": 1,
-        "status.storage.replication.factor": REPLICATION_FACTOR,
-        "status.storage.partitions": 1,
-        "offset.flush.interval.ms": 1000,
-        "listeners": f"http://{lay.host}:{port}",
-        "rest.advertised.host.name": lay.host,
-        "rest.advertised.port": port,
-        "plugin.path": str(plugins_dir),
-        "plugin.discovery": "only_scan",
-        # A dead worker's tasks move at the next rebalance, not after a 5-minute grace period.
-        "scheduled.rebalance.max.delay.ms": 0,
-        "connector.client.config.override.policy": "All",
+        **worker_props(lay.kafka_bootstrap, lay.host, port, plugins_dir, REPLICATION_FACTOR),
         "exactly.once.source.support": "enabled",
         # Every producer of the worker (its internal topics' and, unless overridden, its tasks').
         "producer.acks": "all",

@@ -17,6 +17,7 @@ from typing import Any
 from cdc.effects import MAX_MESSAGE_BYTES
 from cdc.rules import load_rules
 from connectors import publication
+from connectors.connect_config import worker_props
 from connectors.procs import Proc, run_as
 from connectors.stack_settings import REPO, StackSettings
 from contract import topics
@@ -378,30 +379,7 @@ def create_topics(s: StackSettings, replication_factor: int = 1) -> None:
 def connect_proc(s: StackSettings) -> Proc:
     root = s.state_dir / "connect"
     props = root / "connect.properties"
-    write_props(props, {
-        "bootstrap.servers": s.kafka_bootstrap,
-        "group.id": "freshwire-connect",
-        "key.converter": "org.apache.kafka.connect.json.JsonConverter",
-        "value.converter": "org.apache.kafka.connect.json.JsonConverter",
-        "key.converter.schemas.enable": "false",
-        "value.converter.schemas.enable": "false",
-        "config.storage.topic": "freshwire-connect-configs",
-        "offset.storage.topic": "freshwire-connect-offsets",
-        "status.storage.topic": "freshwire-connect-status",
-        "config.storage.replication.factor": 1,
-        "offset.storage.replication.factor": 1,
-        "offset.storage.partitions": 1,
-        "status.storage.replication.factor": 1,
-        "status.storage.partitions": 1,
-        "offset.flush.interval.ms": 1000,
-        "listeners": f"http://{s.host}:{s.connect_port}",
-        "rest.advertised.host.name": s.host,
-        "rest.advertised.port": s.connect_port,
-        "plugin.path": str(s.plugins_dir),
-        "plugin.discovery": "only_scan",
-        "scheduled.rebalance.max.delay.ms": 0,
-        "connector.client.config.override.policy": "All",
-    })
+    write_props(props, worker_props(s.kafka_bootstrap, s.host, s.connect_port, s.plugins_dir, replication_factor=1))
     (root / "log4j2.properties").write_text(LOG4J2)
     return Proc(
         name="connect",

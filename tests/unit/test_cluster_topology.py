@@ -10,7 +10,6 @@ import pytest
 
 from connectors import cluster, register, services, stack
 from connectors.cluster_config import (
-    CONNECT_GROUP,
     EXACTLY_ONCE_OVERRIDES,
     connect_worker_props,
     haproxy_config,
@@ -28,6 +27,7 @@ from connectors.cluster_layout import (
     LayoutError,
     layout,
 )
+from connectors.connect_config import CONNECT_GROUP
 from connectors.stack_settings import (
     CLUSTER_DEFAULTS,
     REPO,

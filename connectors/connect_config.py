@@ -1,0 +1,39 @@
+"""A Kafka Connect worker's properties, shared by the single stack (one worker) and the cluster's
+workers: pure, a dict in the order Connect's docs list them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+CONNECT_GROUP = "freshwire-connect"
+
+Props = dict[str, str | int]
+
+
+def worker_props(bootstrap: str, host: str, port: int, plugins_dir: Path, replication_factor: int) -> Props:
+    """A distributed-mode worker of the one Connect group, its internal topics at `replication_factor`."""
+    return {
+        "bootstrap.servers": bootstrap,
+        "group.id": CONNECT_GROUP,
+        "key.converter": "org.apache.kafka.connect.json.JsonConverter",
+        "value.converter": "org.apache.kafka.connect.json.JsonConverter",
+        "key.converter.schemas.enable": "false",
+        "value.converter.schemas.enable": "false",
+        "config.storage.topic": "freshwire-connect-configs",
+        "offset.storage.topic": "freshwire-connect-offsets",
+        "status.storage.topic": "freshwire-connect-status",
+        "config.storage.replication.factor": replication_factor,
+        "offset.storage.replication.factor": replication_factor,
+        "offset.storage.partitions": 1,
+        "status.storage.replication.factor": replication_factor,
+        "status.storage.partitions": 1,
+        "offset.flush.interval.ms": 1000,
+        "listeners": f"http://{host}:{port}",
+        "rest.advertised.host.name": host,
+        "rest.advertised.port": port,
+        "plugin.path": str(plugins_dir),
+        "plugin.discovery": "only_scan",
+        # A dead worker's tasks move at the next rebalance, not after a 5-minute grace period.
+        "scheduled.rebalance.max.delay.ms": 0,
+        "connector.client.config.override.policy": "All",
+    }
