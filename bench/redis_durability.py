@@ -42,9 +42,7 @@ Prints a table and writes bench/results/redis_durability.json (redis_durability-
 from __future__ import annotations
 
 import argparse
-import random
 import signal
-import socket
 import subprocess
 import tempfile
 import threading
@@ -57,6 +55,8 @@ from typing import Any
 import redis
 from redis.cluster import ClusterNode, RedisCluster
 
+from bench import redis_procs
+from bench.redis_procs import NODE_TIMEOUT_MS, Cluster, info_of
 from bench.report import machine_info, write_json
 from cdc.effects import EffectError, RedisRelease
 from cdc.model import Batch
@@ -66,8 +66,8 @@ from contract.redis_layout import WATERMARK
 BUCKETS = 6
 WAIT_TIMEOUT_MS = 200
 RETRY_PAUSE_S = 0.05
-NODE_TIMEOUT_MS = 2000
-START_TIMEOUT_S = 30.0      # processes up, cluster formed and synced
+
+
 RECOVERY_TIMEOUT_S = 25.0   # kill -> a release acknowledged again
 POLL_S = 0.02               # the main thread's poll: promotion and the killed node back, each seen within it
 LAYOUT = Layout(BUCKETS)
@@ -123,152 +123,32 @@ def table(results: Sequence[Mapping[str, Any]]) -> list[str]:
     return lines
 
 
-# ------------------------------------------------------------------------------- redis processes
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def free_ports(count: int) -> list[int]:
-    """Ports in 12000-21999 whose cluster bus port (+10000) is free too: both stay below the ephemeral
-    range (32768+), so no outgoing connection can take them while the cluster starts."""
-    rng = random.Random()
-    ports: list[int] = []
-    for _ in range(10_000):
-        port = rng.randint(12000, 21999)
-        if port not in ports and _bindable(port) and _bindable(port + 10000):
-            ports.append(port)
-            if len(ports) == count:
-                return ports
-    raise RuntimeError("no free ports")
-
-
-def _info(port: int, section: str) -> dict[str, Any]:
-    return redis.Redis(port=port, socket_timeout=2, socket_connect_timeout=1).info(section)
-
-
-class Cluster:
-    """6 redis-server processes of ours; `stop` ends them by pid."""
-
-    def __init__(self, data: Path) -> None:
-        self.data = data
-        self.ports = free_ports(6)
-        self.procs: dict[int, subprocess.Popen[bytes]] = {}
-
-    def _start(self, port: int) -> None:
-        workdir = self.data / str(port)
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.procs[port] = subprocess.Popen(
-            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(workdir), "--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf",
-             "--cluster-port", str(port + 10000), "--cluster-node-timeout", str(NODE_TIMEOUT_MS)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            try:
-                redis.Redis(port=port, socket_connect_timeout=1).ping()
-                return
-            except redis.ConnectionError:
-                if self.procs[port].poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"redis-server on {port} did not start") from None
-                time.sleep(0.05)
-
-    def start(self) -> None:
-        for port in self.ports:
-            self._start(port)
-        subprocess.run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
-                        "--cluster-replicas", "1", "--cluster-yes"], check=True, capture_output=True, timeout=60)
-        self.wait_ready(START_TIMEOUT_S)
-
-    def alive(self) -> list[int]:
-        return [p for p, proc in self.procs.items() if proc.poll() is None]
-
-    @property
-    def url(self) -> str:
-        return "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.ports)
-
-    def _ready(self, port: int) -> bool:
-        cluster = redis.Redis(port=port, decode_responses=True).execute_command("CLUSTER INFO")  # type: ignore[no-untyped-call]
-        if cluster.get("cluster_state") != "ok" or int(cluster.get("cluster_known_nodes", 0)) != len(self.ports):
-            return False
-        replication = _info(port, "replication")
-        if replication["role"] == "slave":  # a replica that never finished its first sync is never promoted
-            return bool(replication.get("master_link_status") == "up")
-        return int(replication.get("connected_slaves", 0)) >= 1
-
-    def wait_ready(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not all(self._ready(p) for p in self.alive()):
-            if time.monotonic() > deadline:
-                raise RuntimeError("the cluster did not become ready (state ok, replicas synced)")
-            time.sleep(0.1)
-
-    def owner_of(self, key: str) -> int:
-        """The port of the master serving `key`'s slot."""
-        client = redis.Redis(port=self.alive()[0])
-        slot = int(client.execute_command("CLUSTER KEYSLOT", key))  # type: ignore[no-untyped-call]
-        for start, end, master, *_ in client.execute_command("CLUSTER SLOTS"):  # type: ignore[no-untyped-call]
-            if int(start) <= slot <= int(end):
-                return int(master[1])
-        raise RuntimeError(f"no master serves slot {slot}")
-
-    def replica_of(self, master: int) -> int:
-        return int(_info(master, "replication")["slave0"]["port"])
-
-    def kill(self, port: int) -> None:
-        self.procs[port].send_signal(signal.SIGKILL)
-        self.procs[port].wait(10)
-
-    def restart(self, port: int) -> None:
-        self._start(port)
-
-    def read_versions(self, keys: Sequence[str]) -> dict[str, str | None]:
-        """Each key's version, HGET on its bucket's hash, through a fresh cluster client (retried while
-        the cluster settles)."""
-        deadline = time.monotonic() + 10
-        while True:
-            client = RedisCluster(startup_nodes=[ClusterNode("127.0.0.1", p)  # type: ignore[no-untyped-call]
-                                                 for p in self.alive()], socket_timeout=5)
-            try:
-                pipe = client.pipeline()  # type: ignore[no-untyped-call]
-                for key in keys:
-                    pipe.hget(LAYOUT.versions(LAYOUT.bucket_of(key)), key)
-                return {k: (v.decode() if isinstance(v, bytes) else None) for k, v in zip(keys, pipe.execute(),
-                                                                                             strict=True)}
-            except redis.RedisError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
-            finally:
-                client.close()
-
-    def stop(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs.values():
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
-
-
 @contextmanager
 def cluster_of_our_own() -> Iterator[Cluster]:
-    with tempfile.TemporaryDirectory(prefix="fw-durability-") as tmp:
-        found = Cluster(Path(tmp))
+    with tempfile.TemporaryDirectory(prefix="fw-durability-") as tmp, redis_procs.cluster(Path(tmp)) as found:
+        yield found
+
+
+def read_versions(cluster: Cluster, keys: Sequence[str]) -> dict[str, str | None]:
+    """Each key's version, HGET on its bucket's hash, through a fresh cluster client (retried while
+    the cluster settles)."""
+    deadline = time.monotonic() + 10
+    while True:
+        client = RedisCluster(startup_nodes=[ClusterNode("127.0.0.1", p)  # type: ignore[no-untyped-call]
+                                             for p in cluster.alive()], socket_timeout=5)
         try:
-            found.start()
-            yield found
+            pipe = client.pipeline()  # type: ignore[no-untyped-call]
+            for key in keys:
+                pipe.hget(LAYOUT.versions(LAYOUT.bucket_of(key)), key)
+            return {k: (v.decode() if isinstance(v, bytes) else None) for k, v in zip(keys, pipe.execute(),
+                                                                                         strict=True)}
+        except redis.RedisError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
         finally:
-            found.stop()
+            client.close()
+
 
 
 # ------------------------------------------------------------------------------------------ writer
@@ -365,7 +245,7 @@ def _holds(check: Callable[[], bool]) -> bool:
 
 def _promoted_has_replica(port: int) -> bool:
     """The promoted master's own view: a replica online (what WAIT counts)."""
-    info = _info(port, "replication")
+    info = info_of(port, "replication")
     return info["role"] == "master" and any(isinstance(v, dict) and v.get("state") == "online"
                                             for k, v in info.items() if k.startswith("slave"))
 
@@ -377,7 +257,7 @@ def cut_link(master: int, replica: int) -> None:
     redis.Redis(port=replica).config_set("masterauth", "freshwire-bench-cut-link")
     redis.Redis(port=master).execute_command("CLIENT KILL TYPE replica")  # type: ignore[no-untyped-call]
     deadline = time.monotonic() + 5
-    while _info(replica, "replication").get("master_link_status") == "up":
+    while info_of(replica, "replication").get("master_link_status") == "up":
         if time.monotonic() > deadline:
             raise RuntimeError("the replica's link did not go down")
         time.sleep(0.005)
@@ -390,7 +270,7 @@ def run_mode(mode: str, before_s: float, after_s: float, cut_link_ms: int) -> di
         shard = (frozenset(b for b in range(BUCKETS) if cluster.owner_of(LAYOUT.versions(b)) == victim),
                  cluster.owner_of(WATERMARK) == victim)
         replica = cluster.replica_of(victim)
-        writer = Writer(releaser(mode, cluster.url), cluster.read_versions)
+        writer = Writer(releaser(mode, cluster.url), lambda keys: read_versions(cluster, keys))
         writer.start()
         cut_at = promoted_at = restarted_at = rejoined_at = None
         try:
@@ -405,7 +285,7 @@ def run_mode(mode: str, before_s: float, after_s: float, cut_link_ms: int) -> di
             writer.dead_at = time.monotonic()
             end = killed_at + RECOVERY_TIMEOUT_S
             while writer.is_alive() and time.monotonic() < end:
-                if promoted_at is None and _holds(lambda: _info(replica, "replication")["role"] == "master"):
+                if promoted_at is None and _holds(lambda: info_of(replica, "replication")["role"] == "master"):
                     promoted_at = time.monotonic()
                     cluster.restart(victim)  # only now: an empty master back before the failover keeps its slots
                     restarted_at = time.monotonic()
@@ -421,7 +301,7 @@ def run_mode(mode: str, before_s: float, after_s: float, cut_link_ms: int) -> di
         if writer.failure is not None:
             raise RuntimeError(f"the writer failed: {writer.failure!r}") from writer.failure
         stopped_at = time.monotonic()
-        final = cluster.read_versions(KEYS)
+        final = read_versions(cluster, KEYS)
 
     def since_kill(t: float | None) -> float | None:
         return None if t is None else round(t - killed_at, 3)

@@ -12,33 +12,15 @@ only; bounded by --seconds per arm.
 from __future__ import annotations
 
 import argparse
-import signal
-import socket
-import subprocess
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
-import redis
-
+from bench.redis_procs import free_ports, start_server, stop_server
 from bench.report import machine_info, write_json
 from cdc.effects import RedisRelease
 from cdc.model import Batch
-
-
-def _redis(port: int, workdir: str) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "yes", "--appendfsync", "everysec", "--dir", workdir],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            redis.Redis(port=port, socket_connect_timeout=1).ping()
-            return proc
-        except redis.ConnectionError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("redis-server did not start") from None
-            time.sleep(0.05)
 
 
 def arm(url: str, keys_per_tx: int, seconds: float, pipeline: int, start: int) -> tuple[dict[str, Any], int]:
@@ -65,11 +47,10 @@ def main() -> None:
     parser.add_argument("--keys", default="1,10,100")
     parser.add_argument("--pipeline", type=int, default=50)
     args = parser.parse_args()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_ports(1)[0]
     with tempfile.TemporaryDirectory() as workdir:
-        proc = _redis(port, workdir)
+        # AOF as the stack runs it (the later option wins over start_server's defaults)
+        proc = start_server(port, Path(workdir), "--appendonly", "yes", "--appendfsync", "everysec")
         try:
             results, n = [], 0
             for keys in (int(k) for k in args.keys.split(",")):
@@ -78,8 +59,7 @@ def main() -> None:
                 print(f"  {keys:>4} keys/tx: {result['tx_per_s']:>8} tx/s  {result['keys_per_s']:>9} keys/s",
                       flush=True)
         finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(10)
+            stop_server(proc)
     write_json("redis_release", {"machine": machine_info(), "seconds": args.seconds, "pipeline": args.pipeline,
                                  "arms": results})
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import redis
-import redis_procs
 from gw_support import ver
 
+from bench import redis_procs
 from cdc.effects import EffectError, RedisRelease
 from cdc.model import Batch
 from contract.redis_buckets import LAYOUT, Layout
@@ -200,7 +200,7 @@ def test_wait_acknowledges_a_release_only_once_each_written_master_has_a_replica
         standalone: str, redis_cluster: redis_procs.Cluster) -> None:
     """WAIT runs on the connection that wrote, once per master written: on the cluster (one replica per
     master) `wait_replicas=1` passes and 2 cannot; a standalone Redis has no replica, so 1 cannot."""
-    redis_cluster.wait_ok(60)  # after the failover test: the old master is back as a replica, synced
+    redis_cluster.wait_ready(60)  # after the failover test: the old master is back as a replica, synced
     for port in redis_cluster.masters():
         redis.Redis(port=port).flushall()
     RedisRelease(redis_cluster.url, buckets=BUCKETS, wait_replicas=1, wait_timeout_ms=2000).release(_releases(5, 8))
