@@ -50,6 +50,7 @@ class RedisBackend:
                                                             health_check_interval=10)
             self._redis = aioredis.Redis(connection_pool=pool)
         self.layout = Layout(1)
+        self._layout_read = False  # the layout above came from the store (not the one-bucket default)
         self.healthy = False
 
     async def start(self) -> None:
@@ -60,8 +61,13 @@ class RedisBackend:
         except (RedisError, OSError, LayoutError) as exc:
             log.warning("redis not reachable yet: %s", exc)
 
-    async def _read_layout(self) -> Layout:
-        return parse_layout_value(await self._redis.get(LAYOUT))
+    async def _read_layout(self, required: bool = False) -> Layout:
+        raw = await self._redis.get(LAYOUT)
+        if raw is None and required:
+            raise LayoutError(f"no {LAYOUT} yet: the consumer writes it when it starts")
+        found = parse_layout_value(raw)
+        self._layout_read = raw is not None
+        return found
 
     async def stop(self) -> None:
         self.healthy = False
@@ -70,6 +76,12 @@ class RedisBackend:
     async def read_versions(self, keys: Sequence[str]) -> dict[str, str | None]:
         if not keys:
             return {}
+        if self._seeds is not None and not self._layout_read:
+            # on a cluster, reading with the wrong bucket count would answer "never changed": read it first
+            try:
+                self.layout = await self._read_layout(required=True)
+            except (RedisError, OSError, LayoutError) as exc:
+                raise BackendUnavailable(f"the version store's layout is not known yet: {exc}") from exc
         if self.layout.spread:
             return await self._read_spread(keys)
         try:
@@ -171,10 +183,8 @@ class RedisBackend:
         delay = RECONNECT_MIN_S
         while True:
             try:
-                raw = await asyncio.wait_for(self._redis.get(LAYOUT), SETUP_TIMEOUT_S)
-                if raw is None and self._seeds is not None:
-                    raise ShardBreak(f"no {LAYOUT} yet: the consumer writes it when it starts")
-                self.layout = parse_layout_value(raw)
+                self.layout = await asyncio.wait_for(self._read_layout(required=self._seeds is not None),
+                                                     SETUP_TIMEOUT_S)
                 groups = await asyncio.wait_for(self._groups(), SETUP_TIMEOUT_S)
                 password = self._password()
                 async for published in spread_stream(self.layout, groups, Joiner(), self.watermark, password):

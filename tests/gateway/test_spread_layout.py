@@ -19,7 +19,7 @@ from cdc.effects import EffectError, RedisRelease
 from cdc.model import Batch
 from contract.redis_buckets import LAYOUT, Layout
 from contract.redis_layout import Published
-from gateway.backend import RESYNC, Event
+from gateway.backend import RESYNC, BackendUnavailable, Event
 from gateway.backend_redis import RedisBackend
 
 BUCKETS = 6
@@ -208,3 +208,24 @@ def test_wait_acknowledges_a_release_only_once_each_written_master_has_a_replica
         RedisRelease(redis_cluster.url, buckets=BUCKETS, wait_replicas=2, wait_timeout_ms=100).release(_releases(6, 8))
     with pytest.raises(EffectError, match="WAIT 1 got 0"):
         RedisRelease(standalone, wait_replicas=1, wait_timeout_ms=100).release(_releases(1, 1))
+
+
+def test_a_gateway_on_a_cluster_reads_no_version_before_it_knows_the_layout(
+        redis_cluster: redis_procs.Cluster) -> None:
+    """Until the consumer has written {fw}:layout, a version read would look in the wrong buckets and
+    answer "never changed": it is refused as unavailable instead, and works once the layout is there."""
+    redis_cluster.wait_ready(60)
+    for port in redis_cluster.masters():
+        redis.Redis(port=port).flushall()
+    backend = RedisBackend(redis_cluster.url)
+
+    async def run() -> dict[str, str | None]:
+        await backend.start()
+        with pytest.raises(BackendUnavailable, match="layout"):
+            await backend.read_versions(["t:1:k0"])
+        await asyncio.to_thread(RedisRelease(redis_cluster.url, buckets=BUCKETS).release, _releases(1, 2))
+        found = await backend.read_versions(["t:1:k0"])
+        await backend.stop()
+        return found
+
+    assert asyncio.run(run()) == {"t:1:k0": ver(1)}
