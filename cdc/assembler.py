@@ -25,11 +25,62 @@ class _OpenTx:
     keys: KeySet
     ops: dict[str, dict[str, int]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(int)))
     events: dict[str, int] = field(default_factory=dict)  # per data collection, to check against END
+    data: dict[str, str] = field(default_factory=dict)  # row key -> its newest payload in this transaction
+    no_data: dict[str, str] = field(default_factory=dict)  # row key of a payload rule -> why it has none
+    plain: set[str] = field(default_factory=set)  # keys some change invalidated without a payload rule
 
     def add(self, change: RowChange, inv: Invalidation) -> None:
         self.keys.add(change.qualified, inv.keys, inv.prefixes)
         self.ops[change.qualified][change.op] += 1
         self.events[change.qualified] = self.events.get(change.qualified, 0) + 1
+        if self.keys.degraded:
+            return  # no payload at all (the batch is released as prefixes)
+        self.payload(inv)
+
+    def payload(self, inv: Invalidation) -> None:
+        """A key's data is the newest its row gave in this transaction, as long as every change that
+        invalidated the key gave one: a key also invalidated without data (another table's template
+        renders it) goes without, so the client refetches it."""
+        carried = dict(inv.data) if inv.data else {}
+        without = dict(inv.without) if inv.without else {}
+        for key in inv.keys:
+            if key in carried or key in without:
+                if key in self.plain:
+                    self.no_data[key] = "mixed"
+                elif key in carried:
+                    self.data[key] = carried[key]
+                    self.no_data.pop(key, None)
+                else:
+                    self.data.pop(key, None)
+                    self.no_data[key] = without[key]
+                continue
+            self.plain.add(key)
+            if key in self.data or key in self.no_data:
+                self.data.pop(key, None)
+                self.no_data[key] = "mixed"
+
+    def released_data(self, limits: KeyLimits, dropped_all: str) -> tuple[dict[str, str], dict[str, int]]:
+        """The data released with this transaction's keys, within the limits, and what went without
+        (by reason). `dropped_all` names why nothing goes (degraded, missing), or is empty."""
+        dropped: dict[str, int] = {}
+        for reason in self.no_data.values():
+            dropped[reason] = dropped.get(reason, 0) + 1
+        if dropped_all:
+            if self.data:
+                dropped[dropped_all] = dropped.get(dropped_all, 0) + len(self.data)
+            return {}, dropped
+        data: dict[str, str] = {}
+        budget = limits.max_tx_payload_bytes
+        for key, text in self.data.items():
+            size = len(text.encode())
+            reason = ("too_large" if size > limits.max_payload_bytes else
+                      "tx_too_large" if size > budget else "")
+            if reason:
+                dropped[reason] = dropped.get(reason, 0) + 1
+                continue
+            budget -= size
+            data[key] = text
+        return data, dropped
 
 
 # Debezium counts a transaction's logical messages under a Java object's name, not a table's.
@@ -73,6 +124,11 @@ class Assembler:
             for table, ops in lost.ops.items():
                 for op, n in ops.items():
                     tx.ops[table][op] += n
+            # The lost transaction's END never came: its events cannot be checked, so its keys go without data.
+            for key in lost.data:
+                lost.no_data[key] = "missing"
+            tx.no_data.update(lost.no_data)
+            tx.plain.update(lost.plain, lost.no_data)
         self._open = tx
         return tx
 
@@ -142,6 +198,10 @@ class Assembler:
             tx.keys.prefixes[""] = ""
             self.flush_next = False
             lapse = "flush"
+        # A degraded batch names no keys; with events missing (or lost before a flush) the last change of
+        # a key may not be the one seen here.
+        drop_all = "degraded" if tx.keys.degraded else "missing" if missing or lapse else ""
+        data, dropped = tx.released_data(self._limits, drop_all)
         return Batch(
             version=version,
             tx_id=tx.tx_id,
@@ -152,6 +212,8 @@ class Assembler:
             degraded=tx.keys.degraded,
             missing=missing,
             lapse=lapse,
+            data=data,
+            data_dropped=dropped,
         )
 
 
@@ -166,4 +228,4 @@ def whole_tables(batch: Batch, rules: Rules) -> Batch:
         prefixes.update(dict.fromkeys(inv.prefixes))
     if "" in batch.prefixes:
         prefixes[""] = None
-    return replace(batch, keys=tuple(keys), prefixes=tuple(prefixes), degraded=True)
+    return replace(batch, keys=tuple(keys), prefixes=tuple(prefixes), degraded=True, data={})

@@ -76,7 +76,8 @@ class Pipeline:
         self.stop = stop
         self.assemblers: dict[int, Assembler] = {}
         self.assigned: set[int] = set()  # partitions this process consumes: 0 on a hot spare
-        self.limits = KeyLimits(settings.cdc_max_tx_keys, settings.cdc_max_tx_key_bytes, settings.cdc_max_tx_prefixes)
+        self.limits = KeyLimits(settings.cdc_max_tx_keys, settings.cdc_max_tx_key_bytes, settings.cdc_max_tx_prefixes,
+                                settings.cdc_max_payload_bytes, settings.cdc_max_tx_payload_bytes)
         self.redis: Release = redis if redis is not None else RedisRelease(
             settings.redis_url, track_changes=settings.retention_on, buckets=settings.redis_buckets,
             wait_replicas=settings.redis_wait_replicas, wait_timeout_ms=settings.redis_wait_timeout_ms)
@@ -231,6 +232,10 @@ class Pipeline:
     def _report(self, batches: list[Batch]) -> None:
         """Degraded batches and missing events: counted, logged, in /readyz, and noted in the DLQ."""
         for b in batches:
+            if b.data:
+                self.metrics.payload_keys.inc(len(b.data))
+            for reason, n in b.data_dropped.items():
+                self.metrics.payload_dropped.labels(reason).inc(n)
             if b.degraded:
                 self.metrics.degraded.inc()
                 self.metrics.detail["last_degraded"] = {"version": b.version, "txId": b.tx_id,

@@ -27,6 +27,10 @@ class KeyLimits:
     max_keys: int = 10_000
     max_key_bytes: int = 256 * 1024
     max_prefixes: int = 256
+    # Payload (docs/cdc.md "Payload"): one key's data, and all of one transaction's; past either, keys go
+    # without data (the client refetches them).
+    max_payload_bytes: int = 8 * 1024
+    max_tx_payload_bytes: int = 256 * 1024
 
 
 class KeySet:

@@ -68,6 +68,11 @@ class Metrics:
             "assignments that found Redis emptied behind a committed offset (every key flushed)", registry=r)
         self.degraded = Counter("freshwire_cdc_degraded_batches_total",
                                 "transactions too large to carry key by key, released as prefixes", registry=r)
+        self.payload_dropped = Counter(
+            "freshwire_cdc_payload_dropped_total",
+            "row keys of payload rules released without data, by reason (docs/cdc.md, Payload)", ["reason"],
+            registry=r)
+        self.payload_keys = Counter("freshwire_cdc_payload_keys_total", "keys released with a payload", registry=r)
         self.missing_events = Counter(
             "freshwire_cdc_missing_events_total",
             "events a transaction's END counted that never reached the consumer (table invalidated whole)",

@@ -61,6 +61,14 @@ class LogicalMessage:
     prefix: str
 
 
+# Why a row key of a payload rule went without data (counted in freshwire_cdc_payload_dropped_total):
+# a payload column Debezium did not send; the row moved away from the key (an update changed a column
+# of its key: the old key gets none); the key's data past max_payload_bytes; the transaction's past
+# max_tx_payload_bytes; the transaction degraded to prefixes; events of it missing (or a flush), so the
+# last change of a key may not be the one seen; another change in the transaction invalidated the key
+# without data.
+PAYLOAD_DROPS = ("unavailable", "moved", "too_large", "tx_too_large", "degraded", "missing", "mixed")
+
 # Batch ids of records released without a transaction (snapshot rows) start with this.
 NO_TRANSACTION = "lsn:"
 
@@ -88,6 +96,11 @@ class Batch:
     # "replica_lag" (released past max_hold before every replica had it), "flush" (every key invalidated
     # after lost invalidations: retention overrun, or a version store found emptied). "" when none.
     lapse: str = ""
+    # Payload: row key -> the rule's payload columns at this version, as compact JSON ("null": deleted).
+    # Keys not in it carry no data (docs/cdc.md "Payload").
+    data: dict[str, str] = field(default_factory=dict)
+    # Row keys of payload rules released without data, by reason (PAYLOAD_DROPS).
+    data_dropped: dict[str, int] = field(default_factory=dict)
 
     @property
     def empty(self) -> bool:

@@ -11,6 +11,7 @@ the prefixes of all of its table's templates.
 
 from __future__ import annotations
 
+import json
 import re
 import string
 import tomllib
@@ -25,7 +26,11 @@ from contract.keys import KEY_RE, MAX_KEY_LENGTH, encode_key, encode_value
 
 IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 OUTBOX_KEYS, OUTBOX_TYPE, OUTBOX_ID = "keys", "aggregatetype", "aggregateid"
-TABLE_KEYS = frozenset({"keys", "columns", "outbox"})
+TABLE_KEYS = frozenset({"keys", "columns", "outbox", "payload"})
+# What Debezium sends in place of a value it does not have (an unchanged TOASTed column), as text and as
+# base64 bytes (binary.handling.mode=bytes): a payload never carries it.
+UNAVAILABLE = "__debezium_unavailable_value"
+UNAVAILABLE_VALUES = frozenset({UNAVAILABLE, "X19kZWJleml1bV91bmF2YWlsYWJsZV92YWx1ZQ=="})
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,12 +101,21 @@ class TableRule:
     templates: tuple[Template, ...]
     columns: frozenset[str] | None = None
     outbox: bool = False
+    # Columns an `invalidate` carries for the row's own keys (docs/cdc.md "Payload"); () sends none.
+    payload: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class Invalidation:
     keys: tuple[str, ...]
     prefixes: tuple[str, ...]
+    # (row key, the payload columns' new values as compact JSON; "null" for a delete). Only keys listed
+    # in `keys`, only for rules with `payload`, never for degraded (depth > 0) changes. Equality is about
+    # what is invalidated: the data and the reasons below do not count.
+    data: tuple[tuple[str, str], ...] = field(default=(), compare=False)
+    # (row key, reason) for the row keys of a payload rule that go without data: "unavailable" (a payload
+    # column was not sent: an unchanged TOASTed value), "moved" (only the old image renders it).
+    without: tuple[tuple[str, str], ...] = field(default=(), compare=False)
 
 
 NOTHING = Invalidation((), ())
@@ -146,10 +160,16 @@ def _table_rule(table: str, spec: Any) -> TableRule:
     outbox = spec.get("outbox", False)
     if not isinstance(outbox, bool):
         raise RulesError(f"table {table}: outbox must be true or false")
+    payload = spec.get("payload", [])
+    if not isinstance(payload, list) or not all(isinstance(c, str) and IDENT.match(c) for c in payload):
+        raise RulesError(f"table {table}: payload must be a list of plain column names")
+    if payload and outbox:
+        raise RulesError(f"table {table}: an outbox table carries no payload")
     templates = tuple(parse_template(table, t) for t in keys)
-    # A template's own columns always count: a row moving to another parent changes its keys.
-    read = None if columns is None else frozenset(columns).union(*(t.fields for t in templates))
-    return TableRule(templates=templates, columns=read, outbox=outbox)
+    # A template's own columns always count: a row moving to another parent changes its keys. So do
+    # payload columns: a client holding them must hear when they change.
+    read = None if columns is None else frozenset(columns).union(payload, *(t.fields for t in templates))
+    return TableRule(templates=templates, columns=read, outbox=outbox, payload=tuple(dict.fromkeys(payload)))
 
 
 @dataclass(frozen=True)
@@ -186,6 +206,8 @@ class Rules:
                     # No client can subscribe to a key this long: its parent prefix reaches the keys that can.
                     key, keep = self.parent(change.qualified, key), keep - 1
                 (keys if keep == n else prefixes)[key] = None
+        if rule.payload and depth == 0 and change.op in ("c", "u", "r", "d"):
+            return _with_payload(rule, change, Invalidation(tuple(keys), tuple(prefixes)))
         return Invalidation(tuple(keys), tuple(prefixes))
 
     def for_missing(self, table: str) -> Invalidation:
@@ -212,6 +234,69 @@ class Rules:
             if found is not None and len(found) < len(text) and (best is None or len(found) > len(best)):
                 best = found
         return best if best is not None else colon_parent(text)
+
+
+def row_templates(rule: TableRule, change: RowChange) -> tuple[Template, ...]:
+    """The templates that name the changed row itself: those whose placeholders include every primary
+    key column. Only their keys carry a payload (`board:{board_id}` is not the card's key)."""
+    if not change.key:
+        return ()
+    pk = set(change.key)
+    return tuple(t for t in rule.templates if pk <= set(t.fields))
+
+
+def payload_of(rule: TableRule, change: RowChange) -> str | None:
+    """The payload columns' new values as compact JSON ("null" for a delete); None when Debezium did not
+    send one of them (absent, or its unavailable-value placeholder)."""
+    if change.op == "d":
+        return "null"
+    after = change.after or {}
+    values = {}
+    for column in rule.payload:
+        if column not in after or _unavailable(after[column]):
+            return None
+        values[column] = after[column]
+    return json.dumps(values, separators=(",", ":"), ensure_ascii=False)
+
+
+def _unavailable(value: Any) -> bool:
+    if isinstance(value, str):
+        return value in UNAVAILABLE_VALUES
+    if isinstance(value, list):
+        return any(_unavailable(v) for v in value)
+    return False
+
+
+def _with_payload(rule: TableRule, change: RowChange, inv: Invalidation) -> Invalidation:
+    """`inv` with the row's payload on the row's own keys, as rendered from the image the row now has
+    (the after image; a delete's before image). A key only the old image renders (the row moved away
+    from it) gets none: the client refetches it."""
+    image = _without_unsent_columns(change) if change.op == "d" else change.after
+    if image is None:
+        return inv
+    text = payload_of(rule, change)
+    own: dict[str, None] = {}
+    templates = row_templates(rule, change)
+    for template in templates:
+        try:
+            key = template.render(image)
+        except KeyError:
+            continue
+        if key is not None and key in inv.keys:
+            own[key] = None
+    moved: dict[str, None] = {}
+    if change.op == "u" and change.before is not None:
+        for template in templates:
+            try:
+                key = template.render(change.before)
+            except KeyError:
+                continue
+            if key is not None and key in inv.keys and key not in own:
+                moved[key] = None
+    without = tuple((key, "moved") for key in moved)
+    if text is None:
+        return Invalidation(inv.keys, inv.prefixes, without=tuple((key, "unavailable") for key in own) + without)
+    return Invalidation(inv.keys, inv.prefixes, data=tuple((key, text) for key in own), without=without)
 
 
 def _without_unsent_columns(change: RowChange) -> Row | None:

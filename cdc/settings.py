@@ -45,6 +45,8 @@ class Settings:
     cdc_max_tx_keys: int = 10_000
     cdc_max_tx_key_bytes: int = 256 * 1024
     cdc_max_tx_prefixes: int = 256
+    cdc_max_payload_bytes: int = 8 * 1024
+    cdc_max_tx_payload_bytes: int = 256 * 1024
 
     @property
     def replicas(self) -> list[str]:
@@ -95,6 +97,9 @@ HELP = {
     "cdc_max_tx_keys": "keys one transaction carries one by one; past it keys become prefixes (docs/cdc.md)",
     "cdc_max_tx_key_bytes": "bytes of keys one transaction carries one by one; past it keys become prefixes",
     "cdc_max_tx_prefixes": "prefixes one degraded transaction carries; past it prefixes lose a field",
+    "cdc_max_payload_bytes": "largest payload one key carries (rules' `payload`, as JSON); past it the key is "
+                             "released without data (the client refetches)",
+    "cdc_max_tx_payload_bytes": "payload bytes one transaction carries; past it further keys go without data",
 }
 
 

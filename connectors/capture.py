@@ -19,11 +19,12 @@ PLAIN = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*$")
 
 
 def needed_columns(rule: TableRule) -> tuple[str, ...]:
-    """The columns a rule reads: template placeholders, `columns`, and the outbox columns."""
+    """The columns a rule reads: template placeholders, `columns`, `payload`, and the outbox columns."""
     found: dict[str, None] = {}
     for template in rule.templates:
         found.update(dict.fromkeys(template.fields))
     found.update(dict.fromkeys(sorted(rule.columns or ())))
+    found.update(dict.fromkeys(rule.payload))
     if rule.outbox:
         found.update(dict.fromkeys((OUTBOX_KEYS, OUTBOX_TYPE, OUTBOX_ID)))
     return tuple(found)
