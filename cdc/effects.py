@@ -137,7 +137,7 @@ class RedisRelease:
                 tx = b.token_tx_id  # no marker for snapshot rows: no write token can name them
                 self._script(keys=[VERSIONS, PREFIXES, WATERMARK, tx_key(tx), *self._keys_extra],
                              args=release_args(b.version, b.commit_ts_ms, b.keys, b.prefixes, tx, hops=hops,
-                                               lapse=b.lapse),
+                                               lapse=b.lapse, data=b.data),
                              client=pipe)
             return sum(self._execute(pipe))
         except redis.RedisError as exc:
@@ -166,7 +166,7 @@ class RedisRelease:
         for b in batches:
             hops = hops_arg(*b.arrival_ms, publish_ms) if b.arrival_ms[1] else ""
             calls, control = release_calls(self.layout, b.version, b.commit_ts_ms, b.keys, b.prefixes,
-                                           b.token_tx_id, TX_TTL_S, hops, b.lapse, self._track)
+                                           b.token_tx_id, TX_TTL_S, hops, b.lapse, self._track, b.data)
             parts.extend(calls)
             controls.append(control)
         advanced = sum(self._run_by_node(parts))

@@ -30,7 +30,7 @@ from functools import lru_cache
 
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
-from contract.redis_layout import ADVANCE_LUA, Published, hops_of, strings_of
+from contract.redis_layout import ADVANCE_LUA, Published, data_arg, data_of, hops_of, strings_of
 
 CONTROL_TAG = "fw"
 LAYOUT = "{fw}:layout"
@@ -121,12 +121,13 @@ def parse_layout_value(raw: bytes | str | None) -> Layout:
     return Layout(int(count))
 
 
-# KEYS: the bucket's versions[, changed]. ARGV: version, channel, commit_ts_ms, tx_id, keys...
+# KEYS: the bucket's versions[, changed]. ARGV: version, channel, commit_ts_ms, tx_id, data, keys...
 # Advances each key only if the new version is greater; publishes the part (even with no key advanced:
-# a replayed part then still completes its transaction at the gateways). Returns how many advanced.
+# a replayed part then still completes its transaction at the gateways), with the payload (`d`) of the
+# bucket's keys that advanced: the data travels with its key. Returns how many advanced.
 PART_LUA = ADVANCE_LUA + """
-local advanced = advance(KEYS[1], 5, #ARGV, KEYS[2])
-redis.call('SPUBLISH', ARGV[2], cjson.encode({v = v, k = advanced, x = ARGV[4]}))
+local advanced = advance(KEYS[1], 6, #ARGV, KEYS[2])
+redis.call('SPUBLISH', ARGV[2], cjson.encode(payload({v = v, k = advanced, x = ARGV[4]}, ARGV[5], advanced)))
 return #advanced
 """
 
@@ -162,7 +163,7 @@ class ScriptCall:
 
 def release_calls(layout: Layout, version: str, commit_ts_ms: int, keys: tuple[str, ...],
                   prefixes: tuple[str, ...], tx_id: str, tx_ttl_s: int, hops: str, lapse: str,
-                  track_changes: bool) -> tuple[list[ScriptCall], ScriptCall]:
+                  track_changes: bool, data: dict[str, str] | None = None) -> tuple[list[ScriptCall], ScriptCall]:
     """A spread release: the part calls (one per bucket touched; run them first, in any order), then
     the control call (run it only once every part has succeeded)."""
     from contract.redis_layout import PREFIXES, WATERMARK, tx_key
@@ -171,7 +172,8 @@ def release_calls(layout: Layout, version: str, commit_ts_ms: int, keys: tuple[s
     for bucket, bucket_keys in sorted(layout.by_bucket(keys).items()):
         extra = [layout.changed(bucket)] if track_changes else []
         parts.append(ScriptCall(PART_LUA, [layout.versions(bucket), *extra],
-                                [version, layout.channel(bucket), str(commit_ts_ms), tx_id, *bucket_keys]))
+                                [version, layout.channel(bucket), str(commit_ts_ms), tx_id,
+                                 data_arg(data or {}, bucket_keys), *bucket_keys]))
     touched = " ".join(str(b) for b in sorted(layout.by_bucket(keys)))
     control = ScriptCall(CONTROL_LUA, [PREFIXES, WATERMARK, tx_key(tx_id)],
                          [version, CONTROL_CHANNEL, str(commit_ts_ms), tx_id, str(tx_ttl_s), hops, lapse, touched,
@@ -187,6 +189,7 @@ class Part:
     bucket: int
     version: str
     keys: tuple[str, ...]
+    data: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,7 +207,7 @@ class Control:
 
 def decode_part(bucket: int, raw: bytes | str) -> Part:
     body = json.loads(raw)
-    return Part(bucket, str(body["v"]), strings_of(body.get("k")))
+    return Part(bucket, str(body["v"]), strings_of(body.get("k")), data_of(body.get("d")))
 
 
 def decode_control(raw: bytes | str) -> Control:
@@ -234,7 +237,7 @@ class Joiner:
     part_ttl_s: float = PART_TTL_S
     max_pending: int = MAX_PENDING
     watermark: str | None = None  # the last watermark seen on the control channel (or read at a resync)
-    _parts: OrderedDict[tuple[str, int], tuple[set[str], float]] = field(default_factory=OrderedDict)
+    _parts: OrderedDict[tuple[str, int], tuple[set[str], float, dict[str, str]]] = field(default_factory=OrderedDict)
     _controls: list[tuple[Control, float]] = field(default_factory=list)
 
     def reset(self, watermark: str | None) -> None:
@@ -249,9 +252,10 @@ class Joiner:
     def feed_part(self, part: Part, now: float) -> list[Published] | None:
         held = self._parts.get((part.version, part.bucket))
         if held is None:
-            self._parts[(part.version, part.bucket)] = (set(part.keys), now)
+            self._parts[(part.version, part.bucket)] = (set(part.keys), now, dict(part.data))
         else:
             held[0].update(part.keys)
+            held[2].update(part.data)
         return self._drain(now)
 
     def feed_control(self, control: Control, now: float) -> list[Published] | None:
@@ -275,12 +279,15 @@ class Joiner:
                     return None
                 break
             keys: list[str] = []
+            data: dict[str, str] = {}
             for b in control.buckets:
-                keys.extend(sorted(self._parts.pop((control.version, b))[0]))
+                part_keys, _since, part_data = self._parts.pop((control.version, b))
+                keys.extend(sorted(part_keys))
+                data.update(part_data)
             self._controls.pop(0)
             if keys or control.prefixes or control.previous_watermark < control.version:
                 done.append(Published(control.version, tuple(keys), control.prefixes, control.commit_ts_ms,
-                                      control.watermark, control.tx_id, control.hops, control.lapse))
+                                      control.watermark, control.tx_id, control.hops, control.lapse, data))
         while self._parts and now - next(iter(self._parts.values()))[1] > self.part_ttl_s:
             self._parts.popitem(last=False)
         if self.pending > self.max_pending:

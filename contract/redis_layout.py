@@ -7,7 +7,8 @@ All keys share the hash tag {fw} so the script's keys live in one slot (Redis Cl
 - STR   {fw}:watermark  highest version V such that every transaction up to V has been released
 - STR   {fw}:tx:<xid>   version at which transaction <xid> was released (expires after tx_ttl_s):
                         what read-your-writes tokens wait for
-- PUBSUB fw:inv         one message per released batch that advanced anything (see encode/decode)
+- PUBSUB fw:inv         one message per released batch that advanced anything (see encode/decode); its
+                        optional `d` carries the payload of advanced keys (key -> JSON text of the row)
 - ZSET  {fw}:changed    cache key -> commit ms of its last change; only with a retention horizon
 - STR   {fw}:horizon    the newest version of any key trimmed from {fw}:versions (the retention
                         horizon): a key without a version of its own reports it instead of nothing
@@ -19,7 +20,7 @@ starts with. Versions are fixed-width hex, so Lua's string comparison orders the
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 VERSIONS = "{fw}:versions"
@@ -48,6 +49,25 @@ local function advance(hash, first, last, changed)
   end
   return advanced
 end
+-- The payload (ARGV `data`: a JSON object, key -> the row's JSON text, or '') of the keys that advanced:
+-- a key that did not advance is not announced, and neither is its data. The texts pass through as strings.
+local function payload(message, data, advanced)
+  if data == '' then
+    return message
+  end
+  local rows = cjson.decode(data)
+  local out, any = {}, false
+  for _, k in ipairs(advanced) do
+    if rows[k] then
+      out[k] = rows[k]
+      any = true
+    end
+  end
+  if any then
+    message.d = out
+  end
+  return message
+end
 local function extras(message, hops, lapse)
   if hops ~= '' then
     message.h = hops
@@ -61,15 +81,16 @@ end
 
 # KEYS: versions, prefixes, watermark, tx marker[, changed: when given, each advanced key's commit ms is
 # recorded there for trimming (TRIM_LUA)].
-# ARGV: version, channel, commit_ts_ms, n_keys, tx_id, tx_ttl_s, hops, lapse, keys..., prefixes...
+# ARGV: version, channel, commit_ts_ms, n_keys, tx_id, tx_ttl_s, hops, lapse, data, keys..., prefixes...
 # `hops` is "<kafka record ts ms> <consumer receipt ms> <publish call ms>" (or empty), carried to the
-# gateways as `h` for the per-hop latency breakdown (bench/latency.py); it changes nothing else.
+# gateways as `h` for the per-hop latency breakdown (bench/latency.py); it changes nothing else. `data` is
+# the batch's payload (data_arg), published as `d` for the keys that advanced.
 # Advances each key (and prefix) only if the new version is greater, moves the watermark, and
 # publishes what advanced. Atomic: a reader sees either none or all of one batch.
 RELEASE_LUA = ADVANCE_LUA + """
 local nkeys = tonumber(ARGV[4])
-local keys = advance(KEYS[1], 9, 8 + nkeys, KEYS[5])
-local prefixes = advance(KEYS[2], 9 + nkeys, #ARGV, nil)
+local keys = advance(KEYS[1], 10, 9 + nkeys, KEYS[5])
+local prefixes = advance(KEYS[2], 10 + nkeys, #ARGV, nil)
 if ARGV[5] ~= '' then
   redis.call('SET', KEYS[4], v, 'EX', tonumber(ARGV[6]))
 end
@@ -81,7 +102,7 @@ if moved then
 end
 if #keys > 0 or #prefixes > 0 or moved then
   local message = {v = v, k = keys, p = prefixes, ts = tonumber(ARGV[3]), wm = wm, x = ARGV[5]}
-  redis.call('PUBLISH', ARGV[2], cjson.encode(extras(message, ARGV[7], ARGV[8])))
+  redis.call('PUBLISH', ARGV[2], cjson.encode(payload(extras(message, ARGV[7], ARGV[8]), ARGV[9], keys)))
 end
 return #keys
 """
@@ -136,6 +157,8 @@ class Published:
     tx_id: str = ""
     hops: tuple[float, ...] = ()  # kafka record ts, consumer receipt, publish call (epoch ms), when carried
     lapse: str = ""  # a guarantee that lapsed for this batch's keys (cdc.model.Batch.lapse)
+    # key -> the row's payload as compact JSON text ("null": deleted), for keys that carry one
+    data: dict[str, str] = field(default_factory=dict)
 
 
 def strings_of(value: Any) -> tuple[str, ...]:
@@ -156,7 +179,30 @@ def decode_published(raw: bytes | str) -> Published:
         tx_id=str(body.get("x") or ""),
         hops=hops_of(body.get("h")),
         lapse=str(body.get("l") or ""),
+        data=data_of(body.get("d")),
     )
+
+
+def data_of(value: Any) -> dict[str, str]:
+    """A published `d` (key -> the row's JSON text) as key -> compact JSON text; anything that is not
+    valid JSON text is left out (the key then goes without data: the client refetches)."""
+    if not isinstance(value, dict):
+        return {}
+    data = {}
+    for key, text in value.items():
+        if not isinstance(text, str):
+            continue
+        try:
+            data[str(key)] = json.dumps(json.loads(text), separators=(",", ":"), ensure_ascii=False)
+        except (ValueError, RecursionError):
+            continue
+    return data
+
+
+def data_arg(data: dict[str, str], keys: tuple[str, ...] | list[str] | None = None) -> str:
+    """The `data` argument of a release script: the payload of `keys` (all of them when None), or ''."""
+    chosen = data if keys is None else {k: data[k] for k in keys if k in data}
+    return json.dumps(chosen, separators=(",", ":"), ensure_ascii=False) if chosen else ""
 
 
 def hops_of(value: Any) -> tuple[float, ...]:
@@ -178,9 +224,10 @@ def tx_key(tx_id: str) -> str:
 
 
 def release_args(version: str, commit_ts_ms: int, keys: tuple[str, ...], prefixes: tuple[str, ...],
-                 tx_id: str = "", tx_ttl_s: int = TX_TTL_S, hops: str = "", lapse: str = "") -> list[str]:
-    return [version, CHANNEL, str(commit_ts_ms), str(len(keys)), tx_id, str(tx_ttl_s), hops, lapse, *keys,
-            *prefixes]
+                 tx_id: str = "", tx_ttl_s: int = TX_TTL_S, hops: str = "", lapse: str = "",
+                 data: dict[str, str] | None = None) -> list[str]:
+    return [version, CHANNEL, str(commit_ts_ms), str(len(keys)), tx_id, str(tx_ttl_s), hops, lapse,
+            data_arg(data or {}, keys), *keys, *prefixes]
 
 
 class PrefixSet:

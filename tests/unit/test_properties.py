@@ -38,8 +38,8 @@ class RedisModel:
 
     def release(self, argv: list[str]) -> int:
         v, nkeys = argv[0], int(argv[3])
-        keys = self._advance(self.versions, argv[8:8 + nkeys], v)
-        prefixes = self._advance(self.prefixes, argv[8 + nkeys:], v)
+        keys = self._advance(self.versions, argv[9:9 + nkeys], v)
+        prefixes = self._advance(self.prefixes, argv[9 + nkeys:], v)
         moved = self.watermark is None or self.watermark < v
         if moved:
             self.watermark = v
@@ -51,6 +51,9 @@ class RedisModel:
                 message["h"] = argv[6]
             if argv[7]:
                 message["l"] = argv[7]
+            rows = json.loads(argv[8]) if argv[8] else {}
+            if any(k in rows for k in keys):
+                message["d"] = {k: rows[k] for k in keys if k in rows}
             self.published.append(decode_published(json.dumps(message)))
         return len(keys)
 

@@ -70,8 +70,8 @@ def test_a_release_is_one_part_per_bucket_touched_then_the_control_call() -> Non
     layout = Layout(4)
     keys = tuple(f"k{i}" for i in range(20))
     parts, control = release_calls(layout, "00000000000000aa", 5, keys, ("p:",), "77", 600, "", "", False)
-    assert sorted(k for p in parts for k in p.args[4:]) == sorted(keys)
-    assert all(len({layout.bucket_of(k) for k in p.args[4:]}) == 1 for p in parts)
+    assert sorted(k for p in parts for k in p.args[5:]) == sorted(keys)
+    assert all(len({layout.bucket_of(k) for k in p.args[5:]}) == 1 for p in parts)
     assert control.args[7] == " ".join(str(b) for b in sorted({layout.bucket_of(k) for k in keys}))
     assert control.args[8:] == ["p:"] and control.keys[2] == "{fw}:tx:77"
 
