@@ -29,7 +29,9 @@ class MemoryBackend:
         self.healthy = False
 
     def release(self, version: str, keys: Sequence[str] = (), prefixes: Sequence[str] = (),
-                commit_ts_ms: int = 0, tx_id: str = "", lapse: str = "") -> Published | None:
+                commit_ts_ms: int = 0, tx_id: str = "", lapse: str = "",
+                data: dict[str, str] | None = None) -> Published | None:
+        """`data`: key -> payload JSON text; as in the release script, only advanced keys carry theirs."""
         advanced = [k for k in dict.fromkeys(keys) if self.versions.get(k, "") < version]
         for k in advanced:
             self.versions[k] = version
@@ -44,7 +46,7 @@ class MemoryBackend:
         if not (advanced or advanced_p or moved):
             return None
         event = Published(version, tuple(advanced), tuple(advanced_p), commit_ts_ms, self.wm or version, tx_id,
-                          lapse=lapse)
+                          lapse=lapse, data={k: data[k] for k in advanced if k in data} if data else {})
         self._queue.put_nowait(event)
         return event
 

@@ -48,10 +48,10 @@ class Hub:
     def subscriptions(self) -> int:
         return sum(len(s) for s in self.index.values())
 
-    def offer(self, key: str, version: str, commit_ms: int) -> int:
+    def offer(self, key: str, version: str, commit_ms: int, data: str | None = None) -> int:
         delivered = 0
         for session in self.index.get(key, ()):
-            if session.offer(key, version, commit_ms):
+            if session.offer(key, version, commit_ms, data):
                 session.wake()
                 delivered += 1
         return delivered
@@ -59,8 +59,9 @@ class Hub:
     def deliver(self, event: Published) -> int:
         """Hand one released batch to every subscriber; returns the number of (connection, key) deliveries."""
         delivered = 0
+        data = event.data
         for key in event.keys:
-            delivered += self.offer(key, event.version, event.commit_ts_ms)
+            delivered += self.offer(key, event.version, event.commit_ts_ms, data.get(key) if data else None)
         if event.prefixes:
             released = PrefixSet(dict.fromkeys(event.prefixes, event.version))
             for key in [k for k in self.index if released.covering(k)]:
@@ -72,23 +73,26 @@ class Hub:
         """Several released batches, in release order, handed over in one pass.
 
         Each key is offered once, at its newest version (with the oldest commit time among them), so
-        the work is O(keys x subscribers) instead of O(batches x subscribers). Every session ends in
+        the work is O(keys x subscribers) instead of O(batches x subscribers); a key keeps the data of
+        its newest batch (or none, when that batch carries none). Every session ends in
         the state that delivering the batches one by one with no write in between would leave (a
         session keeps only each key's newest pending version); only the `deliveries` and
         `coalesced` counts are lower.
         """
         if len(events) == 1:
             return self.deliver(events[0])
-        keys: dict[str, tuple[str, int]] = {}
+        keys: dict[str, tuple[str, int, str | None]] = {}
         prefixes: dict[str, tuple[str, int]] = {}
         for event in events:
-            for merged, names in ((keys, event.keys), (prefixes, event.prefixes)):
-                for name in names:
-                    first = merged.get(name)
-                    merged[name] = (event.version, first[1] if first else event.commit_ts_ms)
+            for key in event.keys:
+                seen = keys.get(key)
+                keys[key] = (event.version, seen[1] if seen else event.commit_ts_ms, event.data.get(key))
+            for prefix in event.prefixes:
+                first = prefixes.get(prefix)
+                prefixes[prefix] = (event.version, first[1] if first else event.commit_ts_ms)
         delivered = 0
-        for key, (version, commit_ms) in keys.items():
-            delivered += self.offer(key, version, commit_ms)
+        for key, (version, commit_ms, data) in keys.items():
+            delivered += self.offer(key, version, commit_ms, data)
         if prefixes:
             released = PrefixSet({prefix: version for prefix, (version, _ms) in prefixes.items()})
             for key in list(self.index):

@@ -158,7 +158,12 @@ def lapse(reason: str, keys: list[str], version: str | None) -> str:
     return _dump({"type": "lapse", "reason": reason, "keys": keys, "version": version})
 
 
-def invalidate(keys: dict[str, str]) -> str:
+def invalidate(keys: dict[str, str], data: dict[str, str] | None = None) -> str:
+    """`data`: key -> the payload as compact JSON text (the optional `data` field, docs/protocol.md),
+    spliced in as it is, never parsed again."""
+    if data:
+        rows = ",".join(f"{json.dumps(key)}:{text}" for key, text in data.items())
+        return _dump({"type": "invalidate", "keys": keys})[:-1] + ',"data":{' + rows + "}}"
     if len(keys) <= INVALIDATE_CACHED_KEYS:
         return _invalidate_of(tuple(keys.items()))
     return _dump({"type": "invalidate", "keys": keys})

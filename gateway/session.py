@@ -3,7 +3,9 @@
 Guarantees, per connection:
 - only subscribed keys are delivered; a key's versions only increase; a (key, version) is sent once;
 - pending invalidations coalesce per key to the newest version, so memory is bounded by the number
-  of subscriptions (at most `max_subscriptions`), never by the event rate;
+  of subscriptions (at most `max_subscriptions`), never by the event rate; a key's payload (`data`) is
+  the one of its newest pending version, or none (a version offered without data drops older data);
+- one invalidate carries at most `data_limit` bytes of data; keys past it go without (the client refetches);
 - replies go out before invalidations that were queued with them, and keys whose subscription is
   being set up are held back until the `subscribed` reply is queued; after it, nothing at or below
   the version it reported is sent (except the documented resume repeat);
@@ -28,12 +30,15 @@ def _newer(version: str, than: str | None) -> bool:
 
 class Session:
     # One per connection: slots, and a plain list for replies, keep it small.
-    __slots__ = ("coalesced", "conn_id", "control_limit", "controls", "held", "known", "lapses", "oldest_commit_ms",
-                 "pending", "taken_commit_ms", "trailing", "wake")
+    __slots__ = ("coalesced", "conn_id", "control_limit", "controls", "data", "data_limit", "held", "known", "lapses",
+                 "oldest_commit_ms", "pending", "taken_commit_ms", "trailing", "wake")
 
-    def __init__(self, conn_id: str, control_limit: int = 64, wake: Callable[[], None] | None = None) -> None:
+    def __init__(self, conn_id: str, control_limit: int = 64, wake: Callable[[], None] | None = None,
+                 data_limit: int = 65536) -> None:
         self.conn_id = conn_id
         self.control_limit = control_limit
+        self.data_limit = data_limit
+        self.data: dict[str, str] = {}           # pending key -> payload JSON of its pending version
         self.known: dict[str, str | None] = {}   # subscribed key -> newest version told or queued
         self.pending: dict[str, str] = {}        # key -> newest version not yet sent
         self.held: set[str] = set()              # subscriptions being set up
@@ -68,11 +73,14 @@ class Session:
             versions[key] = reported
             behind = key in since and reported is not None and _newer(reported, since[key])
             if behind and reported is not None:
+                if self.pending.get(key) != reported:
+                    self.data.pop(key, None)  # a version read from the store carries no data
                 self.pending[key] = reported  # the documented resume repeat: the reply's version, once more
             elif key in self.pending:
                 # Offered while the read was in flight, at or below what the reply tells (the version
                 # store can run ahead of the event stream): the reply covers it.
                 del self.pending[key]
+                self.data.pop(key, None)
         self.held.difference_update(current)
         self.control(protocol.subscribed(rid, versions, watermark))
         if self.pending:
@@ -87,13 +95,19 @@ class Session:
         for k in gone:
             del self.known[k]
             self.pending.pop(k, None)
+            self.data.pop(k, None)
         return gone
 
     # -- deliveries
-    def offer(self, key: str, version: str, commit_ms: int = 0) -> bool:
-        """A released version of `key`; True if it is news to this client (and was queued)."""
+    def offer(self, key: str, version: str, commit_ms: int = 0, data: str | None = None) -> bool:
+        """A released version of `key`, with its payload (JSON text) when it carries one; True if it is
+        news to this client (and was queued)."""
         if key not in self.known or not _newer(version, self.known[key]):
             return False
+        if data is not None:
+            self.data[key] = data
+        elif self.data:
+            self.data.pop(key, None)
         if not self.pending or not self.oldest_commit_ms:
             self.oldest_commit_ms = commit_ms
         self.known[key] = version
@@ -147,7 +161,7 @@ class Session:
                     del self.pending[k]
             if ready:
                 self.taken_commit_ms, self.oldest_commit_ms = self.oldest_commit_ms, 0
-                frames.append(protocol.invalidate(ready))
+                frames.append(protocol.invalidate(ready, self._take_data(ready) if self.data else None))
         if self.trailing:
             frames.extend(self.trailing)
             self.trailing = []
@@ -156,6 +170,20 @@ class Session:
                           for reason, (keys, version) in self.lapses.items())
             self.lapses = {}
         return frames
+
+    def _take_data(self, ready: dict[str, str]) -> dict[str, str]:
+        """The data of the keys in `ready`, at most `data_limit` bytes of it (keys past it go without)."""
+        data: dict[str, str] = {}
+        budget = self.data_limit
+        for key in ready:
+            text = self.data.pop(key, None)
+            if text is None:
+                continue
+            budget -= len(key) + len(text.encode()) + 4
+            if budget < 0:
+                continue
+            data[key] = text
+        return data
 
     @property
     def depth(self) -> int:

@@ -27,6 +27,7 @@ class GatewaySettings:
     max_connections: int = 20000                    # per process; beyond: close 4013
     max_subscriptions: int = 1000                   # keys per connection; beyond: too_many_keys
     max_frame_bytes: int = 65536                    # inbound frame limit; beyond: close 1009
+    max_data_bytes: int = 65536                     # payload bytes in one invalidate; beyond: keys go without data
     max_messages_per_s: float = 50.0                # inbound messages per connection per second (burst 2x)
     max_rate_strikes: int = 20                      # rate_limited errors in a row before close 4008
     control_queue: int = 64                         # unsent replies per connection before close 4008

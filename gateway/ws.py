@@ -44,7 +44,7 @@ async def endpoint(ws: WebSocket) -> None:
         await _close(ws, state, E.CLOSE_OVER_CAPACITY, E.REASON_OVER_CAPACITY)
         return
     wake = Wake()
-    session = Session(f"c{next(_ids)}", state.settings.control_queue, wake.set)
+    session = Session(f"c{next(_ids)}", state.settings.control_queue, wake.set, state.settings.max_data_bytes)
     state.hub.register(session)
     log.info("[%s] open sub=%s", session.conn_id, grant.subject)
     conn = Connection(ws, state, session, wake, grant)

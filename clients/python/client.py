@@ -15,7 +15,7 @@ A `lapse` message (a guarantee did not hold for some keys) goes to `on_lapse` an
     async with Client("ws://127.0.0.1:18080/ws", token=token) as client:
         await client.subscribe(["card:1"])
         async for batch in client:          # {"card:1": "00000000019d0138"}
-            ...
+            ...                             # batch.data: {"card:1": {"title": ...}} for payload rules
 """
 
 from __future__ import annotations
@@ -61,6 +61,16 @@ from gateway.protocol import SUBPROTOCOL, VERSION_RE
 log = logging.getLogger(__name__)
 
 
+class Batch(dict[str, str]):
+    """One `invalidate`'s news: key -> version. `data` holds the payload the invalidate carried for some
+    of these keys (key -> the rule's payload columns, None for a deleted row; docs/protocol.md `data`):
+    a key with an entry may be applied as it is, a key without one is refetched as usual."""
+
+    def __init__(self, versions: dict[str, str], data: dict[str, Any] | None = None) -> None:
+        super().__init__(versions)
+        self.data: dict[str, Any] = data or {}
+
+
 class Client:
     def __init__(self, url: str, token: str | None = None,
                  get_token: Callable[[], Awaitable[str]] | None = None,
@@ -79,7 +89,7 @@ class Client:
         self.versions: dict[str, str | None] = {}   # newest version seen per subscribed key
         self.state: State = "connecting"
         self.connects = 0
-        self._batches: asyncio.Queue[dict[str, str]] = asyncio.Queue(QUEUE_BOUND)
+        self._batches: asyncio.Queue[Batch] = asyncio.Queue(QUEUE_BOUND)
         self._received_at: deque[float] = deque()    # monotonic time each queued batch was read, oldest first
         self.on_lapse = on_lapse
         self.lapses: deque[dict[str, Any]] = deque(maxlen=LAPSES_KEPT)   # newest last
@@ -251,16 +261,16 @@ class Client:
                 self._with_since.add(key)  # from now on (resumes), send what we hold
 
     # -- the stream
-    def __aiter__(self) -> AsyncIterator[dict[str, str]]:
+    def __aiter__(self) -> AsyncIterator[Batch]:
         return self._iterate()
 
-    async def _iterate(self) -> AsyncIterator[dict[str, str]]:
+    async def _iterate(self) -> AsyncIterator[Batch]:
         while True:
             batch = await self._batches.get()
             self._trim()
             yield batch
 
-    async def next_batch(self, timeout_s: float) -> dict[str, str]:
+    async def next_batch(self, timeout_s: float) -> Batch:
         try:
             return await asyncio.wait_for(self._batches.get(), timeout_s)
         finally:
@@ -395,7 +405,9 @@ class Client:
                          if k in self.versions and (self.versions[k] or "") < v}
                 if fresh:
                     received = time.monotonic()
-                    await self._batches.put(fresh)
+                    rows = message.get("data")
+                    data = {k: rows[k] for k in fresh if k in rows} if isinstance(rows, dict) else {}
+                    await self._batches.put(Batch(fresh, data))
                     self._received_at.append(received)
                     # Only once queued: a connection lost while the queue is full must not leave
                     # `versions` (what a resume asks `since`) ahead of what the app was handed.
