@@ -11,10 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis_procs
 from gw_support import Gateway, recv, token, ver
 from test_client_resume import serve
 
+from bench import redis_procs
 from cdc.effects import RedisRelease
 from cdc.model import Batch
 from contract.redis_layout import Published
