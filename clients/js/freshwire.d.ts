@@ -5,9 +5,14 @@ export type Version = string;
 export type State = "connecting" | "open" | "reconnecting" | "closed";
 /** key -> new version */
 export type Changes = Record<string, Version>;
-/** A listener of changes. A returned promise tells the client the app is busy with them until it
- *  settles (counted by `lagMs()`; a rejection is reported like a throw). */
-export type ChangesListener = (changes: Changes) => void | PromiseLike<unknown>;
+/** The payload an invalidate carried (docs/protocol.md `data`), for some of the changed keys: the rule's
+ *  payload columns of the row, or null when the row was deleted. A changed key without an entry is
+ *  refetched as usual. */
+export type Rows = Record<string, Record<string, unknown> | null>;
+/** A listener of changes (and of the rows carried for some of them, `{}` when none). A returned promise
+ *  tells the client the app is busy with them until it settles (counted by `lagMs()`; a rejection is
+ *  reported like a throw). */
+export type ChangesListener = (changes: Changes, rows: Rows) => void | PromiseLike<unknown>;
 
 /** What lapsed (docs/protocol.md, "lapse"): the replica may still serve old data of `keys`
  *  (`replica_lag`), invalidations were lost upstream and every key was invalidated (`flush`), or live

@@ -464,7 +464,9 @@ export class Freshwire {
     return oldest ? Math.max(0, clock() - oldest.at) : 0;
   }
 
-  /** Subscribe `keys` (a key or a list); `onInvalidate({key: version})` gets changes of these keys only.
+  /** Subscribe `keys` (a key or a list); `onInvalidate({key: version}, rows)` gets changes of these keys
+   *  only. `rows` ({key: row, or null for a deleted row}) holds the payload the invalidate carried for
+   *  some of them (rules' `payload`, docs/protocol.md `data`): apply those as they are, refetch the rest.
    *  Returns an unsubscribe function whose `ready` promise resolves once every key is live on the
    *  gateway (across reconnects if need be), or rejects with a FreshwireError (`forbidden`,
    *  `too_many_keys`, … with `.keys`: the refused keys, which are dropped; the others stay) or `closed`.
@@ -796,7 +798,7 @@ export class Freshwire {
     let msg;
     try { msg = JSON.parse(event.data); } catch { return; }
     if (msg === null || typeof msg !== "object" || Array.isArray(msg)) return;
-    if (msg.type === "invalidate") { this._onInvalidate(msg.keys); return; }
+    if (msg.type === "invalidate") { this._onInvalidate(msg.keys, msg.data); return; }
     if (msg.type === "lapse") { this._emit("lapse", msg); return; }    // after its invalidate's listeners
     if (msg.type === "error") this._emit("error", msg);
     if (msg.type === "error" && msg.code === "rate_limited") {   // no id: a frame was dropped
@@ -820,9 +822,13 @@ export class Freshwire {
     }                                                    // unknown type: ignore
   }
 
-  _onInvalidate(keys) {
+  /** `data` (optional, docs/protocol.md): key -> the row's payload (null: deleted) for some keys; each
+   *  listener gets the data of its own fresh keys as a second argument ({} when none). */
+  _onInvalidate(keys, data) {
     if (keys === null || typeof keys !== "object") return;
+    const rows = data !== null && typeof data === "object" && !Array.isArray(data) ? data : {};
     const fresh = {};
+    const freshRows = {};
     let any = false;
     const perSub = new Map();
     for (const [key, version] of Object.entries(keys)) {
@@ -832,26 +838,30 @@ export class Freshwire {
       if (held != null && version <= held) continue;     // stale or duplicate: versions only increase
       this.versions.set(key, version);
       fresh[key] = version;
+      const has = Object.prototype.hasOwnProperty.call(rows, key);
+      if (has) freshRows[key] = rows[key];
       any = true;
       for (const sub of subs) {
-        let changes = perSub.get(sub);
-        if (!changes) perSub.set(sub, (changes = {}));
-        changes[key] = version;
+        let entry = perSub.get(sub);
+        if (!entry) perSub.set(sub, (entry = { changes: {}, rows: {} }));
+        entry.changes[key] = version;
+        if (has) entry.rows[key] = rows[key];
       }
     }
     if (!any) return;
     const waiting = { at: clock(), open: 0 };
-    for (const [sub, changes] of perSub) {
+    for (const [sub, entry] of perSub) {
       if (!sub.active) continue;                         // unsubscribed by an earlier callback
-      this._deliver(sub.fn, changes, waiting);
+      this._deliver(sub.fn, entry.changes, waiting, entry.rows);
     }
-    for (const fn of [...(this._listeners.get("invalidate") ?? [])]) this._deliver(fn, fresh, waiting);
+    for (const fn of [...(this._listeners.get("invalidate") ?? [])]) this._deliver(fn, fresh, waiting, freshRows);
   }
 
-  /** Call a listener of changes; while the promise it returns is pending, lagMs() counts `waiting`. */
-  _deliver(fn, changes, waiting) {
+  /** Call a listener of changes (and their rows); while the promise it returns is pending, lagMs()
+   *  counts `waiting`. */
+  _deliver(fn, changes, waiting, rows = {}) {
     let result;
-    try { result = fn(changes); } catch (err) { report(err); return; }
+    try { result = fn(changes, rows); } catch (err) { report(err); return; }
     if (typeof result?.then !== "function") return;                    // done when it returned
     if (waiting.open === 0 && this._waiting.size >= LAG_TRACKED) return;
     if (waiting.open++ === 0) this._waiting.add(waiting);
