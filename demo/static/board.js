@@ -1,5 +1,6 @@
 // The demo board: optimistic edits confirmed by `await`, conflicts (409) shown, on each
-// invalidation a refetch of only what changed, and a banner when a guarantee lapsed.
+// invalidation the pushed row applied as it is (demo/rules.toml gives cards a payload) or else a
+// refetch of only what changed, and a banner when a guarantee lapsed.
 import { connect } from "/client.js";
 
 const COLUMNS = ["todo", "doing", "done"];
@@ -15,7 +16,8 @@ const fw = connect(session.gateway, {
   getToken: async () => (await (await fetch(`/api/session?user=${encodeURIComponent(user)}`)).json()).token,
   onState: (state) => { const el = $("#status"); el.dataset.state = state; el.textContent = state; },
 });
-window.__board = { fw, cards };
+const stats = { pushed: 0, refetched: 0 };   // card changes applied from the invalidate / refetched
+window.__board = { fw, cards, stats };
 
 function render() {
   const main = $("#columns");
@@ -67,6 +69,7 @@ async function loadBoard() {
 }
 
 async function refetchCard(id) {
+  stats.refetched++;
   const res = await fetch(`/api/cards/${id}`);
   if (res.status === 404) { cards.delete(id); render(); return; }
   const card = await res.json();
@@ -77,11 +80,25 @@ async function refetchCard(id) {
   document.querySelector(`.card[data-id="${id}"]`)?.classList.add("flash");
 }
 
+/** The row an invalidate carried for the card (docs/protocol.md `data`): null when it was deleted. */
+function applyCard(id, row) {
+  stats.pushed++;
+  const had = cards.get(id);
+  if (row === null || row.board_id !== session.board) {        // deleted, or moved to another board
+    if (cards.delete(id)) render();
+    return;
+  }
+  if (had && had.pending && had.version >= row.version) return;   // our own edit is still in flight
+  cards.set(id, { ...had, ...row, id, pending: false }); render();
+  document.querySelector(`.card[data-id="${id}"]`)?.classList.add("flash");
+}
+
 const subscribed = new Set();
 function subscribeCard(id) {
   if (subscribed.has(id)) return;
   subscribed.add(id);
-  fw.subscribe([cardKey(id)], () => refetchCard(id));
+  const key = cardKey(id);
+  fw.subscribe([key], (_changes, rows) => (key in rows ? applyCard(id, rows[key]) : refetchCard(id)));
 }
 
 async function move(id, status) {

@@ -129,6 +129,7 @@ def test_payload_rules_demo_file_sends_card_columns() -> None:
     demo = load_rules(DEMO_RULES)
     assert demo.tables["public.cards"].payload == ("title", "status", "owner", "board_id", "version")
     assert demo.tables["public.documents"].payload == ("title", "body")
+    assert demo.tables["public.probe_text"].payload == ("val",)
 
 
 # -- the assembler: one transaction's data, newest per key, within limits
