@@ -133,8 +133,9 @@ async def test_consistency_gated_release_never_lets_a_replica_read_go_stale(repl
         fresh, stale, latencies = await _reread_on_every_invalidation(s, ids)
     assert stale == 0, f"{stale} stale replica reads of {fresh + stale}"
     assert fresh >= N_TRANSACTIONS
-    # released only after the replica's apply delay
-    assert min(latencies) >= s.replica_delay_ms * 0.9
+    # That the replica really lags (so these fresh reads prove the gating) is what the next test shows:
+    # the same reads without gating go stale. The latencies are printed, never asserted (a loaded
+    # machine returns a commit late, so "commit -> invalidation" can look shorter than the apply delay).
     print(f"\ngated: commit->invalidation p50 {_pct(latencies, 50):.1f} ms, p99 {_pct(latencies, 99):.1f} ms "
           f"at {s.replica_delay_ms} ms replica delay, {fresh} fresh reads")
 

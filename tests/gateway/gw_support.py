@@ -32,7 +32,7 @@ def ver(n: int) -> str:
     return f"{n:016x}"
 
 
-def token(patterns: Sequence[str] = ("*",), ttl_s: int = 600) -> str:
+def token(patterns: Sequence[str] = ("*",), ttl_s: int = 6 * 3600) -> str:
     return mint(SECRET, "tester", list(patterns), ttl_s)
 
 

@@ -37,7 +37,7 @@ def _pem(key: rsa.RSAPrivateKey) -> str:
 
 
 def _claims(**over: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {"sub": "alice", "fw_keys": ["tenant:1:*"], "exp": int(time.time()) + 600}
+    body: dict[str, Any] = {"sub": "alice", "fw_keys": ["tenant:1:*"], "exp": int(time.time()) + 6 * 3600}
     body.update(over)
     return {k: v for k, v in body.items() if v is not None}
 

@@ -53,7 +53,7 @@ def jwks(*members: object) -> dict[str, Any]:
 
 
 def rs(key: rsa.RSAPrivateKey = KEY, kid: str | None = "k1", **over: Any) -> str:
-    claims: dict[str, Any] = {"sub": "alice", "fw_keys": ["tenant:1:*"], "exp": int(time.time()) + 600}
+    claims: dict[str, Any] = {"sub": "alice", "fw_keys": ["tenant:1:*"], "exp": int(time.time()) + 6 * 3600}
     claims.update(over)
     return jwt.encode({k: v for k, v in claims.items() if v is not None}, key, algorithm="RS256",
                       headers={"kid": kid} if kid else None)

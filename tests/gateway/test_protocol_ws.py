@@ -46,17 +46,17 @@ def _closed_with(gw: Gateway, path: str, code: int, **kwargs: Any) -> None:
 
 def _alg_none_token() -> str:
     # "": no key (PyJWT reads it as None, which its types refuse)
-    return jwt.encode({"fw_keys": ["*"], "exp": int(time.time()) + 600}, "", algorithm="none")
+    return jwt.encode({"fw_keys": ["*"], "exp": int(time.time()) + 6 * 3600}, "", algorithm="none")
 
 
 @pytest.mark.parametrize("tok", [
     pytest.param(None, id="missing"),
     pytest.param("not-a-jwt", id="malformed"),
     pytest.param(token(ttl_s=-10), id="expired"),
-    pytest.param(jwt.encode({"fw_keys": ["*"], "exp": int(time.time()) + 600}, "another-secret-of-32-bytes-or-more!!",
-                            algorithm="HS256"), id="bad-signature"),
+    pytest.param(jwt.encode({"fw_keys": ["*"], "exp": int(time.time()) + 6 * 3600},
+                            "another-secret-of-32-bytes-or-more!!", algorithm="HS256"), id="bad-signature"),
     pytest.param(_alg_none_token(), id="alg-none"),
-    pytest.param(jwt.encode({"exp": int(time.time()) + 600}, SECRET, algorithm="HS256"), id="no-keys-claim"),
+    pytest.param(jwt.encode({"exp": int(time.time()) + 6 * 3600}, SECRET, algorithm="HS256"), id="no-keys-claim"),
 ])
 def test_connect_bad_token_closes_4001(gw: Gateway, tok: str | None) -> None:
     path = "/ws" if tok is None else f"/ws?token={tok}"

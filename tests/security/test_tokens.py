@@ -38,12 +38,18 @@ PEM = RSA_KEY.public_key().public_bytes(serialization.Encoding.PEM,
 WRONG_SECRET = "another-secret-of-at-least-32-bytes-0123"
 
 
+# The tokens below are built when this module is imported, which may be long before a test uses them
+# (the whole suite runs first): "valid" and "in the future" mean for hours, not minutes.
+NOW = int(time.time())
+VALID_S = 6 * 3600
+
+
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 def _claims(**over: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {"sub": "mallory", "fw_keys": ["tenant:1:*"], "exp": int(time.time()) + 600}
+    body: dict[str, Any] = {"sub": "mallory", "fw_keys": ["tenant:1:*"], "exp": NOW + VALID_S}
     body.update(over)
     return {k: v for k, v in body.items() if v is not None}
 
@@ -68,7 +74,6 @@ def rs(key: rsa.RSAPrivateKey = RSA_KEY, alg: str = "RS256", headers: dict[str, 
 
 
 HS256 = {"alg": "HS256", "typ": "JWT"}
-NOW = int(time.time())
 
 # Refused by a gateway with an HS256 secret (the default test gateway).
 REFUSED_HS: dict[str, str] = {
@@ -96,10 +101,10 @@ REFUSED_HS: dict[str, str] = {
     "exp-string-in-past": handmade(HS256, _claims(exp=str(NOW - 60)), SECRET.encode()),  # PyJWT reads "123"
     "exp-not-a-number": handmade(HS256, _claims(exp="soon"), SECRET.encode()),
     "exp-huge-int": handmade(HS256, _claims(exp=10**400), SECRET.encode()),
-    "exp-infinity": handmade(HS256, json.dumps(_claims()).replace(str(NOW + 600), "Infinity"), SECRET.encode()),
-    "exp-nan": handmade(HS256, json.dumps(_claims()).replace(str(NOW + 600), "NaN"), SECRET.encode()),
-    "nbf-future": hs(nbf=NOW + 600),
-    "iat-future": hs(iat=NOW + 600),
+    "exp-infinity": handmade(HS256, json.dumps(_claims()).replace(str(NOW + VALID_S), "Infinity"), SECRET.encode()),
+    "exp-nan": handmade(HS256, json.dumps(_claims()).replace(str(NOW + VALID_S), "NaN"), SECRET.encode()),
+    "nbf-future": hs(nbf=NOW + VALID_S),
+    "iat-future": hs(iat=NOW + VALID_S),
     "iat-infinity": handmade(HS256, json.dumps(_claims(iat=1)).replace('"iat": 1', '"iat": 1e999'),
                              SECRET.encode()),
     "no-keys-claim": hs(fw_keys=None),
@@ -337,7 +342,7 @@ def test_tokens_controls_are_served(hs_gw: Gateway, rs_gw: Gateway, transport: s
     """The refusals above are not vacuous: well-formed tokens of both kinds are served."""
     served = {1000, 200, 408}
     assert outcome(hs_gw, transport, hs()) in served
-    assert outcome(hs_gw, transport, hs(exp=NOW + 600, iat=NOW + 3)) in served   # iat within the skew
+    assert outcome(hs_gw, transport, hs(exp=NOW + VALID_S, iat=int(time.time()) + 3)) in served   # iat within the skew
     assert outcome(rs_gw, transport, rs()) in served
     assert outcome(hs_gw, transport, hs(aud=["account", "api"])) in served  # aud not checked when unset
     assert outcome(hs_gw, transport, hs(aud="freshwire", iss="https://anyone.example/")) in served
