@@ -9,7 +9,12 @@ export interface LiveOptions {
   refresh?: (changes: Changes) => void;
   /** Coalescing window in ms (default 0: the same tick). */
   delayMs?: number;
+  /** After a `replica_lag` lapse, the lapsed keys are handed on again after each of these delays
+   *  (default LAPSE_RETRY_MS: 500, 1500, 4000): the refresh they caused may have read old data. */
+  lapseRetryMs?: number[];
 }
+
+export declare const LAPSE_RETRY_MS: number[];
 
 export interface Live {
   readonly state: State | "closed";

@@ -1,10 +1,16 @@
 // @freshwire/next/live: the hook's core, without React: one shared JS client for a page, subscriptions
 // that start from the versions the server render read, and refreshes coalesced across components.
 
+/** Refetch delays after a `replica_lag` lapse (docs/protocol.md): the transaction was released before
+ *  every replica had it, so the refresh it caused may have read old data; the page refreshes again. */
+export const LAPSE_RETRY_MS = [500, 1500, 4000];
+
 /** `connect(url, options)` is @freshwire/client's. `refresh(changes)` runs once for all the changes of
  *  listeners without a callback that arrived within `delayMs` (0: the same tick): one router refresh for
- *  a transaction that touched the keys of many components. */
-export function createLive({ connect, url, connectOptions = {}, refresh = () => {}, delayMs = 0 } = {}) {
+ *  a transaction that touched the keys of many components. After a `replica_lag` lapse the lapsed keys
+ *  are handed on again (to their callback, or a refresh) after each of `lapseRetryMs`. */
+export function createLive({ connect, url, connectOptions = {}, refresh = () => {}, delayMs = 0,
+                             lapseRetryMs = LAPSE_RETRY_MS } = {}) {
   if (typeof connect !== "function") throw new TypeError("freshwire: createLive needs connect (from @freshwire/client)");
   let fw = null;
   let users = 0;
@@ -12,6 +18,8 @@ export function createLive({ connect, url, connectOptions = {}, refresh = () => 
   const stateFns = new Set();
   let pending = null;
   let timer = null;
+  const handlers = new Map();   // key -> the callbacks of its watchers (scheduleRefresh for the plain ones)
+  const retries = new Set();    // timers of lapse retries, cleared on close
 
   function setState(next) {
     state = next;
@@ -24,8 +32,28 @@ export function createLive({ connect, url, connectOptions = {}, refresh = () => 
         ...connectOptions,
         onState: (s) => { setState(s); connectOptions.onState?.(s); },
       });
+      fw.onLapse?.(onLapse);
     }
     return fw;
+  }
+
+  function onLapse(lapse) {
+    if (lapse.reason !== "replica_lag") return;   // flush and resync arrive as invalidations already
+    const changes = Object.fromEntries((lapse.keys ?? []).map((k) => [k, lapse.version ?? null]));
+    for (const ms of lapseRetryMs) {
+      const t = setTimeout(() => { retries.delete(t); handOn(changes); }, ms);
+      retries.add(t);
+    }
+  }
+
+  function handOn(changes) {
+    const byHandler = new Map();
+    for (const [key, version] of Object.entries(changes)) {
+      for (const fn of handlers.get(key) ?? []) {
+        byHandler.set(fn, { ...byHandler.get(fn), [key]: version });
+      }
+    }
+    for (const [fn, own] of byHandler) fn(own);
   }
 
   function scheduleRefresh(changes) {
@@ -61,7 +89,20 @@ export function createLive({ connect, url, connectOptions = {}, refresh = () => 
      *  else a coalesced `refresh`. Returns the unsubscribe function (with `ready`). */
     watch(keys, since, onChange) {
       const handler = typeof onChange === "function" ? onChange : scheduleRefresh;
-      return client().subscribe(keys, handler, { since: since ?? {} });
+      for (const key of keys) {
+        if (!handlers.has(key)) handlers.set(key, new Set());
+        handlers.get(key).add(handler);
+      }
+      const off = client().subscribe(keys, handler, { since: since ?? {} });
+      const unwatch = () => {
+        for (const key of keys) {
+          handlers.get(key)?.delete(handler);
+          if (handlers.get(key)?.size === 0) handlers.delete(key);
+        }
+        off();
+      };
+      unwatch.ready = off.ready;
+      return unwatch;
     },
     onState(fn) {
       stateFns.add(fn);
@@ -69,6 +110,8 @@ export function createLive({ connect, url, connectOptions = {}, refresh = () => 
     },
     close() {
       clearTimeout(timer);
+      for (const t of retries) clearTimeout(t);
+      retries.clear();
       timer = null;
       pending = null;
       fw?.close();

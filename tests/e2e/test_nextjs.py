@@ -170,8 +170,7 @@ def test_nextjs_edits_are_never_stale_and_reach_the_other_window(
     report = {"edits": EDITS, "stale": stale, "action_to_other_window_ms": {"p50": p50, "p99": p99, "max": max(lags)},
               "action_ms": {"p50": statistics.median(waits), "p99": _percentile(waits, 0.99)}}
     (s.state_dir / "nextjs-latency.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nnextjs: {json.dumps(report)}")
-    assert p99 < 3000, report
+    print(f"\nnextjs: {json.dumps(report)}")  # measured, never asserted (tests assert behaviour)
     b.screenshot(path=str(SCREENSHOT), clip={"x": 0, "y": 0, "width": 760, "height": 260})
 
 

@@ -19,6 +19,9 @@ function fakeConnect() {
         return off;
       },
       close() { this.closed = true; this.state = "closed"; options.onState?.("closed"); },
+      lapses: [],
+      onLapse(fn) { this.lapses.push(fn); return () => {}; },
+      lapse(message) { for (const fn of this.lapses) fn(message); },
       push(changes) { for (const s of this.subs) if (s.active) s.fn(Object.fromEntries(Object.entries(changes).filter(([k]) => s.keys.includes(k)))); },
     };
     options.onState?.("connecting");
@@ -71,4 +74,23 @@ test("the last release closes the connection after the tick; a re-mount at once 
   assert.deepEqual(states, ["connecting", "closed"]);
   live.watch(["card:1"], {});
   assert.equal(clients.length, 2, "a new connection after a close");
+});
+
+test("a replica_lag lapse hands the lapsed keys on again after each retry delay; other lapses do not", async () => {
+  const { connect, clients } = fakeConnect();
+  const refreshes = [];
+  const own = [];
+  const live = createLive({ connect, url: "ws://gw/ws", refresh: (c) => refreshes.push(c), lapseRetryMs: [5, 15] });
+  live.watch(["card:1", "card:2"], {});
+  const off = live.watch(["card:3"], {}, (c) => own.push(c));
+  clients[0].lapse({ type: "lapse", reason: "resync", keys: ["card:1"], version: V(8) });
+  clients[0].lapse({ type: "lapse", reason: "replica_lag", keys: ["card:1", "card:3"], version: V(9) });
+  await new Promise((r) => setTimeout(r, 40));
+  assert.deepEqual(refreshes, [{ "card:1": V(9) }, { "card:1": V(9) }]);
+  assert.deepEqual(own, [{ "card:3": V(9) }, { "card:3": V(9) }]);
+  off();
+  clients[0].lapse({ type: "lapse", reason: "replica_lag", keys: ["card:3"], version: V(10) });
+  await new Promise((r) => setTimeout(r, 40));
+  assert.equal(own.length, 2, "an unwatched key is not handed on");
+  live.close();
 });
