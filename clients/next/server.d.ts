@@ -55,8 +55,15 @@ export interface GatewayOptions {
 export declare function waitVisible(token: string, options: GatewayOptions & { timeoutMs?: number }): Promise<WaitResult>;
 
 /** GET /v1/versions: the keys' current versions (null: never changed) and the watermark. */
-export declare function readVersions(keys: Iterable<string>, options: GatewayOptions & { timeoutMs?: number }):
-  Promise<{ versions: Record<string, Version | null>; watermark: Version | null }>;
+/** Given to every key when the gateway cannot tell versions (503 or unreachable, after retries). */
+export declare const UNKNOWN_VERSION: Version;
+export declare const VERSION_RETRY_MS: number[];
+
+/** The versions of `keys` (GET /v1/versions), asked again after each of `retryMs` while the gateway
+ *  answers 503 or not at all; then every key is UNKNOWN_VERSION and `unknown` is true. */
+export declare function readVersions(keys: Iterable<string>,
+                                     options: GatewayOptions & { timeoutMs?: number; retryMs?: number[] }):
+  Promise<{ versions: Record<string, Version | null>; watermark: Version | null; unknown?: boolean }>;
 
 /** The parts of next/cache used (injectable for tests). */
 export interface NextCacheApi {
@@ -106,7 +113,8 @@ export interface Freshwire {
   /** Wait, then revalidate, for a token taken in a transaction you ran yourself (Drizzle, Prisma). */
   afterWrite<T = undefined>(token: string, options?: WriteOptions<T> & { result?: T }): Promise<WaitResult>;
   waitVisible(token: string, options?: { timeoutMs?: number }): Promise<WaitResult>;
-  readVersions(keys: Iterable<string>): Promise<{ versions: Record<string, Version | null>; watermark: Version | null }>;
+  readVersions(keys: Iterable<string>):
+    Promise<{ versions: Record<string, Version | null>; watermark: Version | null; unknown?: boolean }>;
   credential: () => string | Promise<string>;
 }
 

@@ -88,23 +88,43 @@ export async function waitVisible(token, { gatewayUrl, credential, timeoutMs = D
   return done({ visible: false, code, message: body?.error?.message ?? "" });
 }
 
+/** What a render gets for each key when the gateway cannot tell its version (unavailable, unreachable):
+ *  the oldest version there is, so the hook, once subscribed, finds every changed key newer and
+ *  refreshes. A render never fails because Freshwire is briefly away (docs/nextjs.md). */
+export const UNKNOWN_VERSION = "0000000000000000";
+export const VERSION_RETRY_MS = [100, 300];
+
 /** The current versions of `keys` and the watermark (GET /v1/versions). Read them *before* the data a
- *  render shows: everything up to those versions is on the replicas, and the hook subscribes from them. */
-export async function readVersions(keys, { gatewayUrl, credential, fetch = globalThis.fetch, timeoutMs = 2000 } = {}) {
+ *  render shows: everything up to those versions is on the replicas, and the hook subscribes from them.
+ *  A gateway that answers 503 or not at all is asked again after each of `retryMs`; then every key gets
+ *  UNKNOWN_VERSION and `unknown: true` (a 4xx, a bad key or credential, still throws). */
+export async function readVersions(keys, { gatewayUrl, credential, fetch = globalThis.fetch, timeoutMs = 2000,
+                                           retryMs = VERSION_RETRY_MS } = {}) {
   const list = [...new Set(keys)];
   for (const key of list) if (!KEY_RE.test(key)) throw new TypeError(`freshwire: invalid key ${JSON.stringify(key)}`);
   if (!list.length) return { versions: {}, watermark: null };
   const bearer = typeof credential === "function" ? await credential() : credential;
-  const response = await fetch(`${httpBase(gatewayUrl)}/v1/versions?keys=${list.map(encodeURIComponent).join(",")}`, {
-    headers: { Authorization: `Bearer ${bearer}` },
-    cache: "no-store",
-    signal: AbortSignal.timeout(timeoutMs),
-  });
-  const body = await response.json().catch(() => null);
-  if (response.status !== 200 || !body?.versions) {
-    throw new Error(`freshwire: /v1/versions answered ${response.status} ${body?.error?.code ?? ""}`.trim());
+  for (let attempt = 0; ; attempt++) {
+    let response = null;
+    try {
+      response = await fetch(`${httpBase(gatewayUrl)}/v1/versions?keys=${list.map(encodeURIComponent).join(",")}`, {
+        headers: { Authorization: `Bearer ${bearer}` },
+        cache: "no-store",
+        signal: AbortSignal.timeout(timeoutMs),
+      });
+    } catch {
+      response = null;   // unreachable or timed out: as unavailable
+    }
+    const body = response ? await response.json().catch(() => null) : null;
+    if (response?.status === 200 && body?.versions) return { versions: body.versions, watermark: body.watermark ?? null };
+    if (response && response.status !== 503) {
+      throw new Error(`freshwire: /v1/versions answered ${response.status} ${body?.error?.code ?? ""}`.trim());
+    }
+    if (attempt >= retryMs.length) {
+      return { versions: Object.fromEntries(list.map((k) => [k, UNKNOWN_VERSION])), watermark: null, unknown: true };
+    }
+    await new Promise((r) => setTimeout(r, retryMs[attempt]));
   }
-  return { versions: body.versions, watermark: body.watermark ?? null };
 }
 
 let nextCacheModule = null;

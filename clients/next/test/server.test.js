@@ -3,7 +3,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { createHmac } from "node:crypto";
-import { WRITE_TOKEN_SQL, createFreshwire, mintToken, readVersions, revalidate, waitVisible, writeToken } from "../server.js";
+import { UNKNOWN_VERSION, WRITE_TOKEN_SQL, createFreshwire, mintToken, readVersions, revalidate, waitVisible, writeToken } from "../server.js";
 
 const GW = "http://gw.test:8080";
 
@@ -81,6 +81,21 @@ test("readVersions asks /v1/versions for the keys once each, and fails loudly on
   await assert.rejects(readVersions(["card:1"], { gatewayUrl: GW, credential: "jwt",
     fetch: fakeFetch([], { status: 403, body: { error: { code: "forbidden" } } }) }), /403 forbidden/);
   await assert.rejects(readVersions(["bad key"], { gatewayUrl: GW, credential: "jwt" }), TypeError);
+});
+
+test("readVersions retries a 503 or an unreachable gateway, then renders every key as possibly stale", async () => {
+  let calls = 0;
+  const flaky = async () => {
+    calls += 1;
+    return calls < 3 ? { status: 503, json: async () => ({ error: { code: "unavailable" } }) }
+      : { status: 200, json: async () => ({ versions: { "card:1": "0000000000000010" }, watermark: null }) };
+  };
+  const later = await readVersions(["card:1"], { gatewayUrl: GW, credential: "jwt", fetch: flaky, retryMs: [1, 1] });
+  assert.deepEqual([later.versions, calls], [{ "card:1": "0000000000000010" }, 3]);
+  const down = await readVersions(["card:1", "board:1"], { gatewayUrl: GW, credential: "jwt", retryMs: [1],
+    fetch: async () => { throw new Error("ECONNREFUSED"); } });
+  assert.deepEqual(down, { versions: { "card:1": UNKNOWN_VERSION, "board:1": UNKNOWN_VERSION }, watermark: null,
+    unknown: true });
 });
 
 test("revalidate: updateTag in an action where Next has it, else revalidateTag expiring at once; paths as given", async () => {
