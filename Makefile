@@ -58,7 +58,7 @@ bench-fanout: install
 	@$(PY) -m bench.fanout
 
 bench-dbload: install
-	@$(PY) -m bench.dbload
+	@$(PY) -m bench.dbload_sweep
 
 bench-consistency: install
 	@$(PY) -m bench.consistency

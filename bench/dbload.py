@@ -23,6 +23,13 @@ random card each time). Four arms of --seconds each (--arms picks some; baseline
    clients, keyed by (key, version): only the first asker of a (key, version) reads Postgres, so at
    most one read per write (bench/dbload_cache.py; it sits in the clients' process, no network hop).
 
+Issue #14 added (bench/dbload_sweep.py sweeps them over dashboard counts, Postgres pinned or not):
+- polling-100ms: as 2, every 0.1 s (about the freshness Freshwire gives), whatever --poll-interval.
+- freshwire-pushed: as 4, but a key whose invalidate carries the row (`data`, the rules' `payload`
+  columns) is applied from it with no read; a key without data is refetched through the cache.
+Polling clients share at most POLL_CONNECTIONS (40) connections (client i on i mod 40), so 1,000
+dashboards fit max_connections; freshwire-direct still holds one connection per client.
+
 Per arm: Postgres CPU seconds from /proc (postmaster and every child, plus the postmaster's
 cutime+cstime for backends that exited), per 1k writes and as % over the baseline, with the CDC
 part (walsender + Debezium's own connection: heartbeat and metadata queries) apart; the `targets`
@@ -63,8 +70,8 @@ from psycopg.rows import dict_row
 
 from bench import dbload_stack as st
 from bench import report
-from bench.dbload_clients import TENANT, ArmResult, ClientPlan, Mode, client_process
-from bench.dbload_metrics import Commit, pct_over, read_cost_ms, target_of
+from bench.dbload_clients import POLL_CONNECTIONS, TENANT, ArmResult, ClientPlan, Mode, client_process
+from bench.dbload_metrics import Commit, pct_over, poll_interval, read_cost_ms, target_of
 from bench.dbload_pg import CLK_TCK, snapshot, statements
 from bench.dbload_report import plot, print_table, summarize
 from clients.python.tokens import WRITE_TOKEN_SQL
@@ -73,8 +80,10 @@ from connectors.stack_settings import StackSettings, load_stack_settings
 from contract.versions import lsn_of_text, version_of_lsn
 from demo.store import CARD_FIELDS, COLUMNS
 
-ARMS: dict[str, Mode | None] = {"baseline": None, "polling": "poll", "freshwire-direct": "direct",
-                                "freshwire-cached": "cached"}
+ARMS: dict[str, Mode | None] = {"baseline": None, "polling": "poll", "polling-100ms": "poll",
+                                "freshwire-direct": "direct", "freshwire-cached": "cached",
+                                "freshwire-pushed": "pushed"}
+FRESHWIRE: tuple[Mode, ...] = ("direct", "cached", "pushed")
 SETTLE_S = 2.0
 DRAIN_S = 2.0          # after the last write, before the Freshwire clients stop
 REPORT_S = 60.0
@@ -159,8 +168,9 @@ def run_arm(name: str, s: StackSettings, writer: Writer, args: argparse.Namespac
             boards: dict[int, list[int]]) -> dict[str, Any]:
     mode = ARMS[name]
     pids = {n: pid for n, pid in stack.running_parts(s).items() if n != "postgres"} | {"bench (writer)": os.getpid()}
+    interval = poll_interval(name, args.poll_interval)
     plan = ClientPlan(mode or "poll", s.app_dsn, f"ws://{s.host}:{s.gateway_port}/ws", boards, args.clients,
-                      args.poll_interval, time.time() + args.seconds + CLIENT_GRACE_S)
+                      interval, time.time() + args.seconds + CLIENT_GRACE_S)
     result: ArmResult | None = None
     with psycopg.connect(s.pg_dsn, autocommit=True) as mon, \
             (client_process(plan) if mode else contextlib.nullcontext()) as child:
@@ -176,7 +186,7 @@ def run_arm(name: str, s: StackSettings, writer: Writer, args: argparse.Namespac
         stmts = statements(mon)
         end_wal = version_of_lsn(after.wal_lsn)
         if child is not None:
-            time.sleep(args.poll_interval + 1.0 if mode == "poll" else DRAIN_S)   # the last commits reach the reads
+            time.sleep(interval + 1.0 if mode == "poll" else DRAIN_S)   # the last commits reach the reads
             child[1].send("stop")
             if not child[1].poll(REPORT_S):
                 raise TimeoutError("clients did not report")
@@ -191,7 +201,9 @@ def run_arms(s: StackSettings, args: argparse.Namespace, started: list[str],
     root = procs.recorded_pid(s.pids_dir, "postgres")
     if root is None:
         raise RuntimeError("postgres is not running")
-    if args.clients + 10 > int(st.pg_value(s, "SHOW max_connections")):
+    direct = "freshwire-direct" in args.arms
+    if (args.clients if direct else min(args.clients, POLL_CONNECTIONS)) + 10 > int(st.pg_value(
+            s, "SHOW max_connections")):
         raise SystemExit("--clients: each client holds a connection; too many for max_connections")
     st.pg_value(s, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
     boards = prepare_boards(s, args.boards, args.cards_per_board)
@@ -215,7 +227,7 @@ def run_arms(s: StackSettings, args: argparse.Namespace, started: list[str],
             writer.run(args.rate, args.warmup)
             streaming = False
             for arm in args.arms:
-                if ARMS[arm] in ("direct", "cached"):
+                if ARMS[arm] in FRESHWIRE:
                     if not streaming:
                         if args.heartbeat_ms is not None:
                             st.put_connector_config(s, name, saved_config | {
@@ -295,7 +307,7 @@ def main() -> None:
     base = arms[0]["pg_cpu_s_per_1k_writes"]
     for a in arms[1:]:
         a["pg_cpu_ms_per_client_read"] = round(read_cost_ms(a, base), 4)
-    targets = {a["arm"]: target_of(a, base) for a in arms if ARMS[a["arm"]] in ("direct", "cached")}
+    targets = {a["arm"]: target_of(a, base) for a in arms if ARMS[a["arm"]] in FRESHWIRE}
     report.write_json(args.out, {
         "machine": report.machine_info(), "settings": vars(args),
         "viewers_per_board": round(args.clients / args.boards, 2),

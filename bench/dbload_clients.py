@@ -44,7 +44,8 @@ SUBSCRIBE_S = 10.0
 RECV_S = 0.5
 STALE_RETRY_S = 0.005
 STOP_S = 15.0
-Mode = Literal["poll", "direct", "cached"]
+Mode = Literal["poll", "direct", "cached", "pushed"]
+POLL_CONNECTIONS = 40   # polling clients share this many connections at most (client i on i mod 40)
 Row = tuple[Any, ...]
 
 
@@ -75,6 +76,8 @@ class ReadLog:
     stale_after_retry: int = 0    # ... and still older on the second read
     cache_loads: int = 0
     cache_hits: int = 0
+    pushed_rows: int = 0          # freshwire-pushed: keys applied from an invalidate's `data`
+    pushed_fallbacks: int = 0     # ... and keys that came without data, refetched through the cache
 
 
 @dataclass
@@ -117,26 +120,28 @@ class Shared:
     sync: Callable[[], None]
     conn: psycopg.AsyncConnection[Any] | None = None
     cache: SharedCache[Row | None] | None = None
+    poll_conns: list[psycopg.AsyncConnection[Any]] = field(default_factory=list)
 
 
 async def _poller(plan: ClientPlan, i: int, board: int, log: ClientLog, ready: asyncio.Event,
                   stop: asyncio.Event, shared: Shared) -> None:
-    async with await psycopg.AsyncConnection.connect(plan.dsn, autocommit=True) as conn:
-        async def poll() -> None:
-            rows = await _read(conn, BOARD_SQL, board, shared.reads)
-            t = time.time()
-            log.reads.extend((t, r[0], r[VERSION_COLUMN]) for r in rows)
+    conn = shared.poll_conns[i % len(shared.poll_conns)]
 
+    async def poll() -> None:
+        rows = await _read(conn, BOARD_SQL, board, shared.reads)
+        t = time.time()
+        log.reads.extend((t, r[0], r[VERSION_COLUMN]) for r in rows)
+
+    await poll()
+    ready.set()
+    start = time.monotonic() + plan.interval_s * i / plan.clients   # staggered over the interval
+    k = 0
+    while True:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), max(0.0, start + k * plan.interval_s - time.monotonic()))
+            return
         await poll()
-        ready.set()
-        start = time.monotonic() + plan.interval_s * i / plan.clients   # staggered over the interval
-        k = 0
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), max(0.0, start + k * plan.interval_s - time.monotonic()))
-                return
-            await poll()
-            k += 1
+        k += 1
 
 
 async def _listener(plan: ClientPlan, i: int, board: int, log: ClientLog, ready: asyncio.Event,
@@ -170,9 +175,17 @@ async def _listener(plan: ClientPlan, i: int, board: int, log: ClientLog, ready:
             if message.get("type") != "invalidate":
                 continue
             t = time.time()
+            data = (message.get("data") or {}) if plan.mode == "pushed" else {}
             for key, version in message["keys"].items():
                 log.receipts.append((t, version))
-                if key in keys and (row := await fetch(key, version)) is not None:
+                if key not in keys:
+                    continue
+                if isinstance(pushed := data.get(key), dict) and "version" in pushed:
+                    shared.reads.pushed_rows += 1
+                    log.reads.append((t, keys[key], int(pushed["version"])))
+                    continue
+                shared.reads.pushed_fallbacks += plan.mode == "pushed"
+                if (row := await fetch(key, version)) is not None:
                     log.reads.append((time.time(), row[0], row[VERSION_COLUMN]))
 
 
@@ -195,7 +208,11 @@ async def _clients(plan: ClientPlan, pipe: Connection, commit_pipe: Connection) 
     loop = asyncio.get_running_loop()
     loop.add_reader(commit_pipe.fileno(), take_commits)
     async with contextlib.AsyncExitStack() as resources:
-        if plan.mode == "cached":
+        if plan.mode == "poll":
+            for _ in range(min(plan.clients, POLL_CONNECTIONS)):
+                shared.poll_conns.append(await resources.enter_async_context(
+                    await psycopg.AsyncConnection.connect(plan.dsn, autocommit=True)))
+        if plan.mode in ("cached", "pushed"):
             conn = await resources.enter_async_context(
                 await psycopg.AsyncConnection.connect(plan.dsn, autocommit=True))
             shared.conn = conn

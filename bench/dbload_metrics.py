@@ -17,6 +17,13 @@ CDC_GROUPS = ("walsender", "backend freshwire_cdc")   # Debezium's stream and it
 TABLE_NAME = re.compile(r"^[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)?$")
 
 
+POLL_INTERVALS = {"polling-100ms": 0.1}   # arms with their own poll interval; "polling" takes --poll-interval
+
+
+def poll_interval(arm: str, default: float) -> float:
+    return POLL_INTERVALS.get(arm, default)
+
+
 def per_1k(value: float, writes: int) -> float:
     return value * 1000 / writes if writes else 0.0
 

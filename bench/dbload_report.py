@@ -13,6 +13,7 @@ from bench.dbload_metrics import (
     Commit,
     pct_over,
     per_1k,
+    poll_interval,
     receipt_latencies,
     stacked_parts,
     stale_refetches,
@@ -68,14 +69,16 @@ def freshness(name: str, args: argparse.Namespace, commits: list[Commit], end_wa
         missed += lost
         receipts += receipt_latencies(commits, end_wal, log.receipts)
     fresh: dict[str, Any] = {"commit_to_read": report.summary([x * 1000 for x in stale]), "unseen": missed}
-    if name == "polling":
-        fresh["expected_mean"] = args.poll_interval / 2 * 1000
+    if name.startswith("polling"):
+        fresh["expected_mean"] = poll_interval(name, args.poll_interval) / 2 * 1000
         return fresh
     reads = result.reads
     fresh["commit_to_invalidation"] = report.summary([x * 1000 for x in receipts])
     fresh["refetch_older_than_invalidation"] = stale_refetches(commits, end_wal, reads.refetches)
     fresh["refetch_retried"] = reads.retried
     fresh["refetch_stale_after_retry"] = reads.stale_after_retry
+    if reads.pushed_rows or reads.pushed_fallbacks:
+        fresh["pushed"] = {"rows_applied": reads.pushed_rows, "refetched_without_data": reads.pushed_fallbacks}
     if reads.cache_loads or reads.cache_hits:
         fresh["cache"] = {"loads": reads.cache_loads, "hits": reads.cache_hits}
     return fresh

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
@@ -13,6 +14,7 @@ from bench.dbload_metrics import (
     CommitIndex,
     pct_over,
     per_1k,
+    poll_interval,
     publication_ddl,
     read_cost_ms,
     receipt_latencies,
@@ -22,6 +24,7 @@ from bench.dbload_metrics import (
     target_of,
 )
 from bench.dbload_pg import TreeSample, parse_stat, pg_group, tree_delta
+from bench.dbload_sweep import core_sets, descendants, markdown_table, point_row
 
 # A real backend's line, with spaces and parentheses in the command name.
 STAT = ("4242 (postgres: app app 127.0.0.1(5) idle) S 3301 3301 3301 0 -1 4194368 1017 0 0 0 "
@@ -237,3 +240,45 @@ def test_refetch_retries_once_when_older_than_announced(versions: list[int], got
     assert row is not None and row[VERSION_COLUMN] == got
     assert (log.retried, log.stale_after_retry, len(log.queries)) == (retried, still_stale, 1 + retried)
     assert log.refetches == [("0000000000000180", 7, versions[0])]   # the first read, for the stale count
+
+
+def test_poll_interval_per_arm() -> None:
+    assert poll_interval("polling-100ms", 1.0) == pytest.approx(0.1)
+    assert poll_interval("polling", 2.5) == pytest.approx(2.5)
+
+
+def test_descendants_walks_the_whole_tree() -> None:
+    parent = {10: 1, 11: 10, 12: 11, 13: 10, 20: 1, 21: 20}
+    assert descendants(10, parent) == {11, 12, 13}
+    assert descendants(21, parent) == set()
+
+
+def test_core_sets_pin_postgres_alone() -> None:
+    assert core_sets("pinned", 2) == ({0}, {1})
+    assert core_sets("pinned", 4) == ({0}, {1, 2, 3})
+    assert core_sets("shared", 2) == ({0, 1}, {0, 1})
+    assert core_sets("pinned", 1) == ({0}, {0})   # one core: nothing to pin
+    with pytest.raises(ValueError):
+        core_sets("other", 2)
+
+
+def _arm(name: str, cpu: float, cdc: float = 0.0, fresh: tuple[float, float] | None = None) -> dict[str, Any]:
+    a: dict[str, Any] = {"arm": name, "pg_cpu_s_per_1k_writes": cpu, "pg_cpu_cdc_s_per_1k_writes": cdc,
+                         "pg_cpu_s": cpu, "pg_cpu_cdc_s": cdc, "writes": 1000, "client_queries": 0,
+                         "statements": {"calls": 7000}, "machine_busy_pct": 50.0, "client_errors": []}
+    if fresh is not None:
+        a["freshness_ms"] = {"commit_to_read": {"p50": fresh[0], "p99": fresh[1]}}
+    return a
+
+
+def test_point_row_and_table_put_pinned_beside_shared() -> None:
+    pinned = point_row([_arm("baseline", 0.8), _arm("freshwire-pushed", 0.9, 0.1, (10.0, 20.0))])
+    assert pinned["freshwire-pushed"]["over_baseline_s_per_1k"] == pytest.approx(0.1)
+    assert pinned["freshwire-pushed"]["over_baseline_pct"] == pytest.approx(12.5)
+    shared = point_row([_arm("baseline", 1.0), _arm("freshwire-pushed", 1.3, 0.2, (12.0, 30.0))])
+    table = markdown_table([{"clients": 100, "mode": "pinned", "summary": pinned},
+                            {"clients": 100, "mode": "shared", "summary": shared}])
+    row = next(line for line in table.splitlines() if "pushed" in line)
+    assert "0.900 (+0.100, +12.5 %)" in row and "1.300 (+0.300, +30.0 %)" in row
+    assert "0.100 / 0.200" in row and "10.0 / 20.0" in row and "12.0 / 30.0" in row
+    assert "not run" in next(line for line in table.splitlines() if "every 1 s" in line)
