@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 
-.PHONY: install up up-bg down clean nextjs test test-unit lint bench bench-latency bench-throughput bench-fanout bench-dbload bench-consistency bench-bigtx bench-redis bench-durability
+.PHONY: install up up-bg down clean nextjs test test-unit lint bench
 
 install:
 	@bash connectors/install.sh
@@ -48,27 +48,16 @@ lint:
 bench: bench-latency bench-throughput bench-fanout bench-dbload bench-consistency bench-bigtx bench-redis \
        bench-durability
 
-bench-latency: install
-	@$(PY) -m bench.latency
-
-bench-throughput: install
-	@$(PY) -m bench.throughput --profile
-
-bench-fanout: install
-	@$(PY) -m bench.fanout
-
-bench-dbload: install
-	@$(PY) -m bench.dbload_sweep
-
-bench-consistency: install
-	@$(PY) -m bench.consistency
-
-bench-bigtx: install
-	@$(PY) -m bench.bigtx
-
-bench-redis: install
-	@$(PY) -m bench.redis_release
-
+# make bench-<name> runs one of them (a pattern rule: the names are not .PHONY, which would skip it).
+BENCH_latency := bench.latency
+BENCH_throughput := bench.throughput --profile
+BENCH_fanout := bench.fanout
+BENCH_dbload := bench.dbload_sweep
+BENCH_consistency := bench.consistency
+BENCH_bigtx := bench.bigtx
+BENCH_redis := bench.redis_release
 # A Redis Cluster master SIGKILLed under releases, without and with WAIT (~75 s, a cluster of its own).
-bench-durability: install
-	@$(PY) -m bench.redis_durability
+BENCH_durability := bench.redis_durability
+
+bench-%: install
+	@$(if $(BENCH_$*),$(PY) -m $(BENCH_$*),echo "no benchmark bench-$*; see docs/benchmarks.md" >&2; exit 2)
