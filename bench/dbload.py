@@ -42,7 +42,9 @@ invalidation announced, and how many of them a retry after 5 ms fixed. A CHECKPO
 
 Experiments (restored in `finally`): --publication-tables re-creates the publication FOR TABLE those
 (one transaction) instead of FOR ALL TABLES; --heartbeat-ms sets Debezium's heartbeat.interval.ms for
-the Freshwire arms (0: no heartbeat, no heartbeat.action.query).
+the Freshwire arms (0: no heartbeat, no heartbeat.action.query); --connector-config k=v,k=v sets any
+other connector keys for them (e.g. poll.interval.ms=100); --replica-identity default|full sets the
+written tables' (WRITTEN_TABLES) replica identity before the warm-up, then puts back what each had.
 
 Cores (2, shared, no pinning): the writer runs in this process, all C clients in one child process
 (asyncio); each arm records the stack's processes' CPU and the machine's busy share. Writes
@@ -194,6 +196,26 @@ def run_arm(name: str, s: StackSettings, writer: Writer, args: argparse.Namespac
     return summarize(name, args, commits, end_wal, before, after, stmts, result)
 
 
+WRITTEN_TABLES = ("cards", "boards", "outbox")   # what the demo's write transaction touches and the CDC decodes
+IDENTITY = {"d": "default", "f": "full", "n": "nothing", "i": "index"}
+
+
+def replica_identities(s: StackSettings) -> dict[str, str]:
+    """relreplident of WRITTEN_TABLES, as ALTER TABLE spells it (default, full, ...)."""
+    with psycopg.connect(s.pg_dsn, autocommit=True, connect_timeout=5) as conn:
+        rows = conn.execute("SELECT relname, relreplident FROM pg_class WHERE relname = ANY(%s) AND relkind = 'r' "
+                            "AND relnamespace = 'public'::regnamespace", (list(WRITTEN_TABLES),)).fetchall()
+    return {str(r[0]): IDENTITY[str(r[1])] for r in rows}
+
+
+def set_replica_identities(s: StackSettings, identities: dict[str, str]) -> None:
+    if any(t not in WRITTEN_TABLES or i not in ("default", "full") for t, i in identities.items()):
+        raise ValueError(f"replica identity: {identities}")
+    with psycopg.connect(s.pg_dsn, autocommit=True, connect_timeout=5) as conn:
+        for table, identity in identities.items():
+            conn.execute(f"ALTER TABLE {table} REPLICA IDENTITY {identity.upper()}".encode())
+
+
 def run_arms(s: StackSettings, args: argparse.Namespace, started: list[str],
              experiments: dict[str, Any]) -> list[dict[str, Any]]:
     """Warm up, then the arms; the connector is stopped until the first Freshwire arm, and whatever the
@@ -211,10 +233,20 @@ def run_arms(s: StackSettings, args: argparse.Namespace, started: list[str],
     slot, publication = config["slot.name"], config["publication.name"]
     saved_tables = st.publication_tables(s, publication)
     saved_config = st.connector_config(s, name)
+    saved_identity = replica_identities(s)
+    overrides = dict(args.connector_config or {})
+    if args.heartbeat_ms is not None:
+        overrides["heartbeat.interval.ms"] = str(args.heartbeat_ms)
     experiments |= {"publication_before": saved_tables or "ALL TABLES", "heartbeat_ms": args.heartbeat_ms,
-                    "heartbeat_ms_before": saved_config.get("heartbeat.interval.ms")}
+                    "heartbeat_ms_before": saved_config.get("heartbeat.interval.ms"),
+                    "connector_config": overrides, "connector_config_before": {
+                        k: saved_config.get(k) for k in overrides},
+                    "replica_identity_before": saved_identity}
     arms: list[dict[str, Any]] = []
     try:
+        if args.replica_identity:
+            set_replica_identities(s, {t: args.replica_identity for t in saved_identity})
+            experiments["replica_identity_during"] = replica_identities(s)
         if args.publication_tables:
             st.set_publication(s, publication, args.publication_tables)
             experiments["publication_during"] = st.publication_tables(s, publication)
@@ -229,9 +261,8 @@ def run_arms(s: StackSettings, args: argparse.Namespace, started: list[str],
             for arm in args.arms:
                 if ARMS[arm] in FRESHWIRE:
                     if not streaming:
-                        if args.heartbeat_ms is not None:
-                            st.put_connector_config(s, name, saved_config | {
-                                "heartbeat.interval.ms": str(args.heartbeat_ms)})
+                        if overrides:
+                            st.put_connector_config(s, name, saved_config | overrides)
                         st.resume_connector(s, name, slot)
                         st.start_apps(s, started)
                         streaming = True
@@ -240,6 +271,12 @@ def run_arms(s: StackSettings, args: argparse.Namespace, started: list[str],
                 print(f"  {arm} done: {arms[-1]['pg_cpu_s_per_1k_writes']:.3f} PG CPU s per 1k writes", flush=True)
     finally:
         restore(s, name, slot, publication, saved_tables, saved_config, args, experiments)
+        if args.replica_identity:
+            try:
+                set_replica_identities(s, saved_identity)
+                experiments["replica_identity_restored"] = replica_identities(s)
+            except Exception as exc:
+                print(f"could not restore replica identity {saved_identity}: {exc}")
     return arms
 
 
@@ -254,13 +291,29 @@ def restore(s: StackSettings, name: str, slot: str, publication: str, tables: li
         except Exception as exc:
             print(f"could not restore publication {publication} ({tables or 'ALL TABLES'}): {exc}")
     try:
-        if args.heartbeat_ms is not None:
+        if args.heartbeat_ms is not None or args.connector_config:
             st.put_connector_config(s, name, config)
             experiments["heartbeat_ms_restored"] = st.connector_config(s, name).get("heartbeat.interval.ms")
         if not register.running(s.connect_url, name):
             st.resume_connector(s, name, slot)
     except Exception as exc:
         print(f"could not restore connector {name}: {exc}; PUT {s.connect_url}/connectors/{name}/resume")
+
+
+def connector_pairs(value: str) -> dict[str, str]:
+    """k=v,k=v -> {k: v} (connector keys; the values are strings, as Connect holds them)."""
+    pairs = [item.split("=", 1) for item in value.split(",") if item]
+    if any(len(p) != 2 or not p[0] for p in pairs):
+        raise argparse.ArgumentTypeError(f"expected key=value,...: {value!r}")
+    return {k.strip(): v.strip() for k, v in pairs}
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """The connector and replica-identity experiment flags (bench/dbload_sweep.py has them too)."""
+    parser.add_argument("--connector-config", type=connector_pairs, default=None,
+                        help="experiment: connector keys during the Freshwire arms, e.g. poll.interval.ms=100")
+    parser.add_argument("--replica-identity", choices=["default", "full"], default=None,
+                        help=f"experiment: REPLICA IDENTITY of {', '.join(WRITTEN_TABLES)} during the run")
 
 
 def parse_args() -> argparse.Namespace:
@@ -279,6 +332,7 @@ def parse_args() -> argparse.Namespace:
                              "cards,outbox,boards,freshwire_heartbeat)")
     parser.add_argument("--heartbeat-ms", type=int, default=None,
                         help="experiment: Debezium heartbeat.interval.ms during the Freshwire arms (0: none)")
+    add_config_flags(parser)
     parser.add_argument("--out", default="dbload", help="results name: bench/results/<out>.json and .png")
     args = parser.parse_args()
     if args.arms[0] != "baseline" or any(a not in ARMS for a in args.arms) or len(set(args.arms)) < len(args.arms):

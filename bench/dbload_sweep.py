@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import report
-from bench.dbload import run_arms
+from bench.dbload import add_config_flags, run_arms
 from bench.dbload_metrics import pct_over, read_cost_ms
 from bench.dbload_pg import CLK_TCK
 from connectors import procs, stack
@@ -221,6 +221,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--cards-per-board", type=int, default=20)
     p.add_argument("--warmup", type=float, default=3.0)
     p.add_argument("--arms", type=lambda v: v.split(","), default=SWEEP_ARMS)
+    add_config_flags(p)
     p.add_argument("--out", default="dbload-sweep")
     p.add_argument("--plot-only", action="store_true", help="table and plot from bench/results/<out>.json")
     args = p.parse_args()
@@ -233,7 +234,8 @@ def run_args(args: argparse.Namespace, clients: int) -> argparse.Namespace:
     """bench/dbload.py's flags for one point."""
     return argparse.Namespace(rate=args.rate, clients=clients, poll_interval=1.0, seconds=args.seconds,
                               boards=args.boards, cards_per_board=args.cards_per_board, warmup=args.warmup,
-                              arms=args.arms, publication_tables=None, heartbeat_ms=None, out=args.out)
+                              arms=args.arms, publication_tables=None, heartbeat_ms=None, out=args.out,
+                              connector_config=args.connector_config, replica_identity=args.replica_identity)
 
 
 def main() -> None:
@@ -277,7 +279,7 @@ def main() -> None:
                     continue
                 pin(s, mode)   # the apps run_arms started inherit this process's cores; re-pin anyway
                 points.append({"clients": clients, "mode": mode, "pinning": pinning, "summary": point_row(arms),
-                               "arms": arms})
+                               "experiments": experiments, "arms": arms})
                 write(args.out, meta, points)
                 print(markdown_table(points), flush=True)
     finally:
