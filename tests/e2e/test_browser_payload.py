@@ -4,37 +4,26 @@ Chromium (Debian's), driven by Playwright, on the real stack."""
 from __future__ import annotations
 
 import json
-import shutil
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from connectors.stack_settings import StackSettings
-from tests.e2e.helpers import write
+from tests.e2e.helpers import launch_chromium, write
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync"]
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
 
 
 @pytest.fixture
 def chromium(stack_settings: StackSettings) -> Iterator[Browser]:
-    if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
-        pytest.fail(f"{CHROMIUM} is missing: connectors/install.sh installs Debian's chromium")
-    with playwright_sync.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
+    with launch_chromium() as b:
+        yield b
 
 
 def _post(s: StackSettings, path: str, body: dict[str, object]) -> dict[str, Any]:

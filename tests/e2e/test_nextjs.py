@@ -10,7 +10,6 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -21,14 +20,12 @@ from clients.sink.core import request_headers
 from connectors import nextjs, procs
 from connectors.stack_settings import REPO, StackSettings
 from gateway.auth import mint
+from tests.e2e.helpers import launch_chromium
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
 
-CHROMIUM = "/usr/bin/chromium"
 SCREENSHOT = REPO / "docs" / "nextjs.png"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync"]
 EDITS = 100          # the proof: edits through Server Actions, each checked in both windows
 CONTROL_EDITS = 20   # the control run, with the wait turned off
 SINK_SECRET = "freshwire-dev-sink-secret"
@@ -55,14 +52,8 @@ def app(stack_settings: StackSettings) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def browser(stack_settings: StackSettings) -> Iterator[Browser]:
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: connectors/install.sh installs Debian's chromium")
-    with playwright_sync.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
+    with launch_chromium() as b:
+        yield b
 
 
 def _wait_visible(s: StackSettings, token: str) -> None:
