@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 
-.PHONY: install up up-bg down clean nextjs test test-unit lint bench
+.PHONY: install up up-bg down clean nextjs test test-unit lint bench soak
 
 install:
 	@bash connectors/install.sh
@@ -47,6 +47,11 @@ lint:
 # 10 of them the sustained-throughput hold); never run two at once: they share the two cores.
 bench: bench-latency bench-throughput bench-fanout bench-dbload bench-consistency bench-bigtx bench-redis \
        bench-durability
+
+# The 60-minute soak (bench/soak.py): churn of connections and awaits, writes at 200 tx/s, Redis and the
+# consumer SIGKILLed part-way; RSS, fds, tasks and Redis keys sampled every 10 s (bench/results/soak.*).
+soak: install
+	@$(PY) -m bench.soak
 
 # make bench-<name> runs one of them (a pattern rule: the names are not .PHONY, which would skip it).
 BENCH_latency := bench.latency

@@ -31,6 +31,11 @@ class Awaits:
         self.pending += 1
         return future
 
+    @property
+    def tokens(self) -> int:
+        """Distinct transactions being awaited (entries of the waiter index)."""
+        return len(self._waiters)
+
     def discard(self, tx_id: str, future: asyncio.Future[str]) -> None:
         waiters = self._waiters.get(tx_id)
         if waiters is not None and future in waiters:

@@ -6,6 +6,7 @@ time, so there is one source of truth and nothing to keep in step on the fan-out
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import time
 from collections.abc import Iterable, Iterator
@@ -14,6 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from gateway.awaits import Awaits
 from gateway.hub import Hub
 
 LAG_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -33,9 +35,19 @@ def staleness_buckets(lags: Iterable[float], bounds: tuple[float, ...] = LAG_BUC
     return cumulative, total
 
 
+def running_tasks() -> int:
+    """asyncio tasks of the running loop (0 when called outside one): a leak of per-connection or
+    per-await tasks shows here (bench/soak.py watches it return to its baseline)."""
+    try:
+        return len(asyncio.all_tasks())
+    except RuntimeError:
+        return 0
+
+
 class _HubCollector(Collector):
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self, hub: Hub, awaits: Awaits | None) -> None:
         self.hub = hub
+        self.awaits = awaits
 
     def collect(self) -> Iterator[Metric]:
         hub = self.hub
@@ -45,6 +57,15 @@ class _HubCollector(Collector):
                                 value=hub.subscriptions)
         yield GaugeMetricFamily("freshwire_gateway_queue_depth", "frames waiting in all connection queues",
                                 value=sum(s.depth for s in hub.sessions))
+        yield GaugeMetricFamily("freshwire_gateway_subscribed_keys", "keys with at least one subscriber (hub entries)",
+                                value=len(hub.index))
+        if self.awaits is not None:
+            yield GaugeMetricFamily("freshwire_gateway_awaits_pending",
+                                    "awaits (WebSocket and /v1/wait) not yet answered", value=self.awaits.pending)
+            yield GaugeMetricFamily("freshwire_gateway_await_tokens", "distinct write tokens being awaited",
+                                    value=self.awaits.tokens)
+        yield GaugeMetricFamily("freshwire_gateway_tasks", "asyncio tasks in the gateway's event loop",
+                                value=running_tasks())
         yield CounterMetricFamily("freshwire_gateway_deliveries", "(connection, key) invalidations queued",
                                   value=hub.deliveries)
         yield CounterMetricFamily("freshwire_gateway_coalesced",
@@ -65,9 +86,9 @@ class _HubCollector(Collector):
 
 
 class GatewayMetrics:
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self, hub: Hub, awaits: Awaits | None = None) -> None:
         self.registry = r = CollectorRegistry()
-        r.register(_HubCollector(hub))
+        r.register(_HubCollector(hub, awaits))
         self.errors = Counter("freshwire_gateway_errors_total", "errors sent to clients, by code", ["code"],
                               registry=r)
         self.closes = Counter("freshwire_gateway_closes_total", "connections closed by the server, by code",

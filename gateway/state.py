@@ -24,6 +24,6 @@ class GatewayState:
     pump: Pump = field(init=False)
 
     def __post_init__(self) -> None:
-        self.metrics = GatewayMetrics(self.hub)
         self.awaits = Awaits(self.settings.max_awaits)
+        self.metrics = GatewayMetrics(self.hub, self.awaits)
         self.pump = Pump(self.backend, self.hub, self.awaits, self.metrics, self.settings.resync_chunk)
