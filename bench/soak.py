@@ -56,7 +56,7 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.typing import Subprotocol
 
 from bench import procfs, report
-from bench.chaos import restart
+from bench.chaos import BUILDERS, restart
 from bench.soak_core import Sample, Verdict, verdicts
 from connectors import procs, services, stack
 from connectors.stack_settings import REPO, StackSettings, load_stack_settings
@@ -358,10 +358,14 @@ def kill_and_restart(s: StackSettings, name: str) -> float:
     if pid is None:
         raise RuntimeError(f"{name} is not running")
     began = time.monotonic()
+    port = BUILDERS[name](s).port
     os.kill(pid, signal.SIGKILL)
     # Wait for the exit here: once killed, its cmdline is gone and procs.stop would no longer know it.
+    # A dead leader thread is a zombie while the other threads still exit holding the fds (the
+    # listening socket among them), so the port is what says it is gone.
     deadline = time.monotonic() + 30
-    while procs.alive(pid) and time.monotonic() < deadline:
+    while (procs.alive(pid) or (port is not None and services.port_open(s.host, port))) \
+            and time.monotonic() < deadline:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
         time.sleep(0.05)
