@@ -41,7 +41,7 @@ import sys
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from dataclasses import asdict, dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -492,6 +492,15 @@ def plot(record: dict[str, Any]) -> None:
     report.save_figure(fig, "soak")
 
 
+async def until_signalled(work: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any]:
+    """Run `work`; SIGTERM or SIGINT cancels it, so its own gateway and sink are stopped on the way out
+    (a background job's SIGINT may be ignored: SIGTERM is the one to send)."""
+    loop, task = asyncio.get_running_loop(), asyncio.ensure_future(work)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, task.cancel)
+    return await task
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -507,7 +516,10 @@ def main(argv: list[str] | None = None) -> int:
     s = load_stack_settings()
     started = stack.up(s, with_apps=True, quiet=True)
     try:
-        record = asyncio.run(run_soak(s, plan))
+        record = asyncio.run(until_signalled(run_soak(s, plan)))
+    except asyncio.CancelledError:
+        print("soak: stopped by a signal; what it started is stopped", file=sys.stderr)
+        return 130
     finally:
         stack.down(s, only=started, quiet=True)
     record["machine"] = report.machine_info()
