@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from bench.latency import HOPS, breakdown, paced
 from bench.report import profile_shares, summary
-from bench.throughput import metric_value, replay_rate, verdict, windows
+from bench.throughput import metric_value, replay_rate, sustained_target, verdict, windows
 
 
 def test_breakdown_joins_commits_messages_and_receipts_by_transaction_and_version() -> None:
@@ -78,3 +79,19 @@ def test_windows_split_by_commit_time() -> None:
     assert [w["t_s"] for w in ws] == [0.0, 0.5]
     assert ws[0]["events_per_s"] == 20.0          # 5 transactions x 2 rows in 0.5 s
     assert ws[0]["max_lag_ms"] == 20.0
+
+
+def _run(n: int, best: float, held: bool = True) -> dict[str, Any]:
+    hold = {"held": held, "commit_to_client_ms": {"p50": 10.0, "p99": 90.0 + n}, "commit_to_release_ms": {"max": 400.0}}
+    return {"run": n, "best": best, "hold": hold if best else None, "steps": []}
+
+
+def test_sustained_target_needs_every_run_to_hold_six_thousand_for_ten_minutes() -> None:
+    three = [_run(1, 6000), _run(2, 8000), _run(3, 6000)]
+    ok = sustained_target(three, 600)
+    assert ok["met"] and ok["runs_held"] == 3 and [r["p99_ms"] for r in ok["spread"]] == [91.0, 92.0, 93.0]
+    assert not sustained_target(three, 300)["met"]                       # a shorter hold proves less
+    assert not sustained_target(three[:2], 600)["met"]                   # two runs are not three
+    assert sustained_target([_run(1, 6000), _run(2, 4000), _run(3, 6000)], 600)["runs_held"] == 2
+    assert not sustained_target([_run(1, 6000), _run(2, 6000, held=False), _run(3, 6000)], 600)["met"]
+    assert sustained_target([_run(1, 0.0)], 600)["spread"][0]["p99_ms"] is None
