@@ -5,6 +5,11 @@ batches come out in commit order with strictly increasing versions.
 
 Why the END marker: a change's own `source.lsn` is not commit-ordered across concurrent
 transactions; the END event's LSN is the commit record's end position, which is.
+
+Why changes wait for END before the rules see them: only END tells whether the transaction was
+released before (a replay skips it), and on a replay nearly every transaction was. A transaction's
+changes are kept as they came (at most MAX_DEFERRED of them) and go through the rules, in the same
+order, once END says the transaction is released: the batch is the one applying them one by one gives.
 """
 
 from __future__ import annotations
@@ -17,6 +22,10 @@ from cdc.model import NO_TRANSACTION, Batch, Heartbeat, LogicalMessage, Record, 
 from cdc.rules import Invalidation, Rules
 from contract.versions import version_of_lsn
 
+# Changes of one transaction kept unapplied until its END (see above); past this many, the rest are
+# applied as they come, so a transaction of a million rows holds its bounded key set, not its rows.
+MAX_DEFERRED = 1000
+
 
 @dataclass
 class _OpenTx:
@@ -28,14 +37,26 @@ class _OpenTx:
     data: dict[str, str] = field(default_factory=dict)  # row key -> its newest payload in this transaction
     no_data: dict[str, str] = field(default_factory=dict)  # row key of a payload rule -> why it has none
     plain: set[str] = field(default_factory=set)  # keys some change invalidated without a payload rule
+    deferred: list[RowChange] = field(default_factory=list)  # counted, not yet through the rules
+
+    def count(self, change: RowChange) -> None:
+        table = change.qualified
+        self.ops[table][change.op] += 1
+        self.events[table] = self.events.get(table, 0) + 1
 
     def add(self, change: RowChange, inv: Invalidation) -> None:
+        """`change` (already counted) invalidates `inv`."""
         self.keys.add(change.qualified, inv.keys, inv.prefixes)
-        self.ops[change.qualified][change.op] += 1
-        self.events[change.qualified] = self.events.get(change.qualified, 0) + 1
         if self.keys.degraded:
             return  # no payload at all (the batch is released as prefixes)
         self.payload(inv)
+
+    def apply_deferred(self, rules: Rules) -> None:
+        """Put the deferred changes through the rules, in stream order (each at the depth the key set
+        has reached when its turn comes, as if it had been applied on arrival)."""
+        changes, self.deferred = self.deferred, []
+        for change in changes:
+            self.add(change, rules.for_change(change, self.keys.depth))
 
     def payload(self, inv: Invalidation) -> None:
         """A key's data is the newest its row gave in this transaction, as long as every change that
@@ -119,6 +140,7 @@ class Assembler:
         tx = self._new_tx(tx_id, offset)
         lost = self._open
         if lost is not None and lost.tx_id != tx_id:
+            lost.apply_deferred(self._rules)
             tx.first_offset = lost.first_offset
             tx.keys.add_all(lost.keys)
             for table, ops in lost.ops.items():
@@ -163,13 +185,19 @@ class Assembler:
             # configuration error) and released as well as it can be.
             if change.op != "r":
                 self.without_transaction += 1
+            if self._released_before(change.lsn, offset, same_version_ok=True):
+                return None
             single = self._new_tx(f"{NO_TRANSACTION}{change.lsn}", offset)
+            single.count(change)
             single.add(change, self._rules.for_change(change))
-            return self._release(single, change.lsn, change.ts_ms, offset, same_version_ok=True)
+            return self._release(single, change.lsn, change.ts_ms, offset)
         open_tx = self._open
         if open_tx is None or open_tx.tx_id != change.tx_id:
             open_tx = self._begin(change.tx_id, offset)  # a change whose BEGIN we did not see
-        open_tx.add(change, self._rules.for_change(change, open_tx.keys.depth))
+        open_tx.count(change)
+        open_tx.deferred.append(change)
+        if len(open_tx.deferred) > MAX_DEFERRED:
+            open_tx.apply_deferred(self._rules)
         return None
 
     def _end(self, end: TxEnd, offset: int) -> Batch | None:
@@ -178,20 +206,32 @@ class Assembler:
         seen = tx.events
         missing = tuple((table, expected - seen.get(table, 0)) for table, expected in end.collections
                         if expected > seen.get(table, 0) and not table.startswith(NOT_A_TABLE))
+        if self._released_before(end.end_lsn, offset):
+            return None
+        tx.apply_deferred(self._rules)
         for table, _n in missing:
             inv = self._rules.for_missing(table)
             tx.keys.add(table, inv.keys, inv.prefixes)
         return self._release(tx, end.end_lsn, end.ts_ms, offset, missing=missing)
 
-    def _release(self, tx: _OpenTx, lsn: int, ts_ms: int, offset: int, same_version_ok: bool = False,
-                 missing: tuple[tuple[str, int], ...] = ()) -> Batch | None:
-        if self._open is None:
-            self.safe_offset = offset + 1
+    def _released_before(self, lsn: int, offset: int, same_version_ok: bool = False) -> bool:
+        """Whether the batch committed at `lsn`, ending at `offset`, was released before: then it is
+        skipped (counted in `skipped_replays`), and its offset passed once no transaction is in hand."""
         version = version_of_lsn(lsn)
         # Snapshot reads share one position; a key still advances only once per version in Redis.
         if version < self.last_version or (version == self.last_version and not same_version_ok):
+            if self._open is None:
+                self.safe_offset = offset + 1
             self.skipped_replays += 1
-            return None
+            return True
+        return False
+
+    def _release(self, tx: _OpenTx, lsn: int, ts_ms: int, offset: int,
+                 missing: tuple[tuple[str, int], ...] = ()) -> Batch:
+        """`tx` as the batch at `lsn`'s version (one `_released_before` found not released yet)."""
+        if self._open is None:
+            self.safe_offset = offset + 1
+        version = version_of_lsn(lsn)
         self.last_version = version
         lapse = ""
         if self.flush_next:
