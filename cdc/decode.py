@@ -42,6 +42,18 @@ def _row(value: Any, what: str) -> Row | None:
     raise DecodeError("bad_field", f"{what} must be an object or null")
 
 
+def _xid(tx_id: Any) -> str | None:
+    """The txId part of a valid 'txId:LSN' (what _split_tx_id accepts), None for anything else: the
+    changes' fast path, which leaves the errors to _split_tx_id."""
+    if type(tx_id) is not str:
+        return None
+    xid, sep, lsn = tx_id.partition(":")
+    # 19 digits never pass MAX_LSN (20 digits): only a 20-digit LSN needs its value checked.
+    if sep and xid and lsn.isdigit() and lsn.isascii() and (len(lsn) < 20 or (len(lsn) == 20 and int(lsn) <= MAX_LSN)):
+        return xid
+    return None
+
+
 def _split_tx_id(tx_id: Any) -> tuple[str, int]:
     """Debezium's transaction id is 'txId:LSN'; the LSN part differs between BEGIN, changes and END."""
     if not isinstance(tx_id, str) or ":" not in tx_id:
@@ -75,7 +87,31 @@ def _collections(value: Any) -> tuple[tuple[str, int], ...]:
     return tuple(found)
 
 
+# The ops whose image must be there (c, r, u: after; d: before); t needs none.
+_NEEDS_AFTER = frozenset({"c", "r", "u"})
+
+
 def _change(key: Any, value: dict[str, Any]) -> RowChange:
+    """A change, by the fast path when the envelope is well formed (nearly always: the consumer's
+    hottest code), else by `_checked_change`, which names what is wrong. Both return the same record."""
+    op = value.get("op")
+    source = value.get("source")
+    if type(source) is dict and type(op) is str:
+        schema, table, lsn = source.get("schema"), source.get("table"), source.get("lsn")
+        ts_ms = source.get("ts_ms", 0)
+        before, after, tx = value.get("before"), value.get("after"), value.get("transaction")
+        xid = None if tx is None or type(tx) is not dict else _xid(tx.get("id"))
+        if (type(schema) is str and type(table) is str and table and type(lsn) is int and 0 <= lsn <= MAX_LSN
+                and type(ts_ms) is int and INT_MIN <= ts_ms <= MAX_LSN
+                and (before is None or type(before) is dict) and (after is None or type(after) is dict)
+                and (tx is None or xid is not None)
+                and (after is not None if op in _NEEDS_AFTER else before is not None if op == "d" else op == "t")):
+            return RowChange(schema, table, op, before, after,  # type: ignore[arg-type]  # op is in OPS
+                             key if isinstance(key, dict) else None, xid, lsn, ts_ms)
+    return _checked_change(key, value)
+
+
+def _checked_change(key: Any, value: dict[str, Any]) -> RowChange:
     op = value.get("op")
     if not isinstance(op, str) or op not in OPS:
         raise DecodeError("unknown_op", f"unsupported op {op!r}")

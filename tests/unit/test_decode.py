@@ -16,7 +16,10 @@ from debezium_json import (
     sample,
     stack_capture,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from cdc import decode as decode_module
 from cdc.decode import MAX_RECORD_BYTES, decode
 from cdc.errors import DecodeError
 from cdc.model import Heartbeat, RowChange, Tombstone, TxBegin, TxEnd
@@ -252,3 +255,57 @@ def test_decode_malformed_cases_are_built_from_a_valid_change() -> None:
     assert isinstance(record, RowChange)
     assert (record.qualified, record.op, record.tx_id, record.lsn) == ("public.cards", "c", "734", 26619688)
     assert decode(KEY, _end()) == TxEnd("734", 26620224, 1795802848567, 2)
+
+
+# -- the changes' fast path: the same record, or the slow path's error, for any envelope
+
+MISSING = object()
+FIELD_VALUES: dict[str, list[Any]] = {
+    "op": ["c", "u", "d", "r", "t", "m", "x", "", None, 1, ["c"]],
+    "before": [None, {"id": 1}, {}, [1], "row", 0],
+    "after": [None, {"id": 2, "n": None}, {}, [1], "row", True],
+    "transaction": [None, {"id": "734:26619688"}, {"id": "734:" + "9" * 19}, {"id": f"734:{(1 << 64) - 1}"},
+                    {"id": f"734:{1 << 64}"}, {"id": "734:" + "1" * 21}, {"id": "734"}, {"id": "734:"},
+                    {"id": ":1"}, {"id": "734:²"}, {"id": "734:-1"}, {"id": "a:b:1"}, {"id": 734}, {}, "734:1", []],
+}
+SOURCE_VALUES: dict[str, list[Any]] = {
+    "schema": ["public", "", None, 1],
+    "table": ["cards", "", None, 7, ["cards"]],
+    "lsn": [26619688, 0, (1 << 64) - 1, 1 << 64, -1, None, True, False, "1", 1.5],
+    "ts_ms": [1_795_802_848_567, 0, -(1 << 63), -(1 << 63) - 1, (1 << 64) - 1, 1 << 64, None, True, "now", 2.0],
+}
+
+
+@st.composite
+def envelopes(draw: st.DrawFn) -> dict[str, Any]:
+    """A valid change (any op) with up to three fields replaced by another value (valid or not) or removed."""
+    body = change_value("cards", draw(st.sampled_from("cudrt")), before={"id": 1}, after={"id": 2},
+                        tx="734:26619688", lsn=26619688)
+    fields = [(body, name, values) for name, values in FIELD_VALUES.items()]
+    fields += [(body["source"], name, values) for name, values in SOURCE_VALUES.items()]
+    for target, name, values in draw(st.lists(st.sampled_from(fields), max_size=3)):
+        value = draw(st.sampled_from([*values, MISSING]))
+        if value is MISSING:
+            target.pop(name, None)
+        else:
+            target[name] = value
+    if draw(st.integers(min_value=0, max_value=9)) == 0:
+        body["source"] = draw(st.sampled_from([None, ["public"], MISSING]))
+        if body["source"] is MISSING:
+            del body["source"]
+    return body
+
+
+def _outcome(change: Any, key: Any, body: dict[str, Any]) -> Any:
+    try:
+        return change(key, body)
+    except DecodeError as exc:
+        return ("error", exc.code, str(exc))
+
+
+@settings(max_examples=2000, deadline=None)
+@given(body=envelopes(), key=st.sampled_from([None, {"id": 1}, [1], 5]))
+def test_decode_change_fast_path_agrees_with_the_checked_one(body: dict[str, Any], key: Any) -> None:
+    fast, checked = _outcome(decode_module._change, key, body), _outcome(decode_module._checked_change, key, body)
+    assert fast == checked
+    assert type(fast) is type(checked)
