@@ -40,13 +40,15 @@ class _OpenTx:
     deferred: list[RowChange] = field(default_factory=list)  # counted, not yet through the rules
 
     def count(self, change: RowChange) -> None:
+        """One more event of `change`'s table, to check against END (its op is counted by `add`)."""
         table = change.qualified
-        self.ops[table][change.op] += 1
         self.events[table] = self.events.get(table, 0) + 1
 
     def add(self, change: RowChange, inv: Invalidation) -> None:
         """`change` (already counted) invalidates `inv`."""
-        self.keys.add(change.qualified, inv.keys, inv.prefixes)
+        table = change.qualified
+        self.ops[table][change.op] += 1
+        self.keys.add(table, inv.keys, inv.prefixes)
         if self.keys.degraded:
             return  # no payload at all (the batch is released as prefixes)
         self.payload(inv)
@@ -161,11 +163,11 @@ class Assembler:
             self.safe_offset = offset + 1
 
     def feed(self, record: Record, offset: int) -> Batch | None:
+        if isinstance(record, RowChange):
+            return self._change(record, offset)
         if isinstance(record, TxBegin):
             self._begin(record.tx_id, offset)
             return None
-        if isinstance(record, RowChange):
-            return self._change(record, offset)
         if isinstance(record, TxEnd):
             return self._end(record, offset)
         if isinstance(record, LogicalMessage) and record.tx_id is not None:
