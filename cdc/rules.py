@@ -41,6 +41,8 @@ class Template:
     literals: tuple[str, ...] = field(init=False, repr=False, compare=False)
     # parents[m] fully matches a key or prefix that keeps the first m fields (m = 1..len(fields)).
     parents: tuple[re.Pattern[str], ...] = field(init=False, repr=False, compare=False)
+    # (field, the literal after it), in order: what rendering walks.
+    steps: tuple[tuple[str, str], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         literals: list[str] = []
@@ -57,6 +59,7 @@ class Template:
             body = "".join(f"(.*?){re.escape(lit)}" for lit in literals[1:m + 1])
             patterns.append(re.compile(re.escape(literals[0]) + body, re.DOTALL))
         object.__setattr__(self, "parents", tuple(patterns))
+        object.__setattr__(self, "steps", tuple(zip(self.fields, literals[1:], strict=True)))
 
     @property
     def prefix(self) -> str:
@@ -76,12 +79,15 @@ class Template:
     def render_prefix(self, row: Row, keep: int) -> str | None:
         """The key's prefix that keeps its first `keep` fields and the literal after them (the whole key
         when `keep` is the number of fields). None when a kept field is null; KeyError when absent."""
+        steps = self.steps if keep >= len(self.steps) else self.steps[:keep]
+        if not steps:
+            return self.literals[0]
         parts = [self.literals[0]]
-        for name, literal in zip(self.fields[:keep], self.literals[1:keep + 1], strict=True):
+        for name, literal in steps:
             value = row[name]
             if value is None:
                 return None
-            parts.append(encode_value(value))
+            parts.append(str(value) if type(value) is int else encode_value(value))  # encode_value's own fast case
             parts.append(literal)
         return "".join(parts)
 
@@ -172,15 +178,21 @@ def _table_rule(table: str, spec: Any) -> TableRule:
     return TableRule(templates=templates, columns=read, outbox=outbox, payload=tuple(dict.fromkeys(payload)))
 
 
+# Default rules kept built (tables without rules, by their key columns); past this many, built afresh.
+MAX_DEFAULT_RULES = 1024
+
+
 @dataclass(frozen=True)
 class Rules:
     tables: dict[str, TableRule]
+    _defaults: dict[tuple[str, str, tuple[str, ...]], TableRule] = field(default_factory=dict, repr=False,
+                                                                           compare=False)
 
     def for_change(self, change: RowChange, depth: int = 0) -> Invalidation:
         """The keys and prefixes `change` invalidates. With `depth` > 0 (a transaction too large to carry
         key by key, see cdc/keyset.py) each templated key is replaced by its prefix without its last
         `depth` fields, and each outbox key by its prefix `depth` colon-separated parts shorter."""
-        rule = self.tables.get(change.qualified) or default_rule(change)
+        rule = self.tables.get(change.qualified) or self._default_rule(change)
         if rule.outbox:
             return _narrowed(_outbox_keys(change), depth)
         if change.op == "t":
@@ -189,26 +201,44 @@ class Rules:
             return NOTHING
         keys: dict[str, None] = {}
         prefixes: dict[str, None] = {}
-        for image in (_without_unsent_columns(change), change.after):
+        payload = bool(rule.payload) and depth == 0 and change.op in ("c", "u", "r", "d")
+        # Whole keys rendered here, by (image, template), for the payload to reuse (None: absent or null).
+        rendered: dict[tuple[int, int], str | None] = {}
+        old = _without_unsent_columns(change)
+        for image in (old, change.after):
             if image is None:
                 continue
             for template in rule.templates:
                 n = len(template.fields)
-                keep = max(0, n - depth)
+                keep = n if depth == 0 else max(0, n - depth)
                 try:
                     key = template.render_prefix(image, keep)
                 except KeyError:
+                    if payload:
+                        rendered[id(image), id(template)] = None
                     prefixes[template.prefix] = None
                     continue
+                if payload:
+                    rendered[id(image), id(template)] = key
                 if key is None:
                     continue
                 if keep == n and len(key) > MAX_KEY_LENGTH:
                     # No client can subscribe to a key this long: its parent prefix reaches the keys that can.
                     key, keep = self.parent(change.qualified, key), keep - 1
                 (keys if keep == n else prefixes)[key] = None
-        if rule.payload and depth == 0 and change.op in ("c", "u", "r", "d"):
-            return _with_payload(rule, change, Invalidation(tuple(keys), tuple(prefixes)))
+        if payload:
+            return _with_payload(rule, change, Invalidation(tuple(keys), tuple(prefixes)), old, rendered)
         return Invalidation(tuple(keys), tuple(prefixes))
+
+    def _default_rule(self, change: RowChange) -> TableRule:
+        """default_rule(change), built once per table and key columns (a few hundred at most)."""
+        cache_key = (change.schema, change.table, tuple(change.key) if change.key else ())
+        rule = self._defaults.get(cache_key)
+        if rule is None:
+            if len(self._defaults) >= MAX_DEFAULT_RULES:
+                self._defaults.clear()
+            rule = self._defaults[cache_key] = default_rule(change)
+        return rule
 
     def for_missing(self, table: str) -> Invalidation:
         """Changes of `table` that never reached the stream (dropped by Connect, or dead-lettered):
@@ -256,7 +286,11 @@ def payload_of(rule: TableRule, change: RowChange) -> str | None:
         if column not in after or _unavailable(after[column]):
             return None
         values[column] = after[column]
-    return json.dumps(values, separators=(",", ":"), ensure_ascii=False)
+    return _PAYLOAD_JSON.encode(values)
+
+
+# What json.dumps(values, separators=(",", ":"), ensure_ascii=False) builds on every call, built once.
+_PAYLOAD_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
 def _unavailable(value: Any) -> bool:
@@ -267,30 +301,41 @@ def _unavailable(value: Any) -> bool:
     return False
 
 
-def _with_payload(rule: TableRule, change: RowChange, inv: Invalidation) -> Invalidation:
+def _render(template: Template, image: Row, rendered: dict[tuple[int, int], str | None]) -> str | None:
+    """template.render(image), None when a field is absent, taken from `rendered` when it is there."""
+    found = rendered.get((id(image), id(template)), _UNSEEN)
+    if found is not _UNSEEN:
+        return found  # type: ignore[return-value]  # str | None
+    try:
+        return template.render(image)
+    except KeyError:
+        return None
+
+
+_UNSEEN = object()
+
+
+def _with_payload(rule: TableRule, change: RowChange, inv: Invalidation, old: Row | None,
+                  rendered: dict[tuple[int, int], str | None]) -> Invalidation:
     """`inv` with the row's payload on the row's own keys, as rendered from the image the row now has
     (the after image; a delete's before image). A key only the old image renders (the row moved away
-    from it) gets none: the client refetches it."""
-    image = _without_unsent_columns(change) if change.op == "d" else change.after
+    from it) gets none: the client refetches it. `old` is _without_unsent_columns(change), and
+    `rendered` the keys for_change rendered from these very images (by their identity)."""
+    image = old if change.op == "d" else change.after
     if image is None:
         return inv
+    seen = rendered
     text = payload_of(rule, change)
     own: dict[str, None] = {}
     templates = row_templates(rule, change)
     for template in templates:
-        try:
-            key = template.render(image)
-        except KeyError:
-            continue
+        key = _render(template, image, seen)
         if key is not None and key in inv.keys:
             own[key] = None
     moved: dict[str, None] = {}
     if change.op == "u" and change.before is not None:
         for template in templates:
-            try:
-                key = template.render(change.before)
-            except KeyError:
-                continue
+            key = _render(template, change.before, seen)
             if key is not None and key in inv.keys and key not in own:
                 moved[key] = None
     without = tuple((key, "moved") for key in moved)

@@ -4,14 +4,29 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 from debezium_json import DEMO_RULES, change, sample, stack_capture
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from cdc import rules as rules_module
 from cdc.decode import decode
 from cdc.errors import RulesError
 from cdc.model import RowChange
-from cdc.rules import NOTHING, Invalidation, Rules, load_rules, parse_rules, union
+from cdc.rules import (
+    NOTHING,
+    Invalidation,
+    Rules,
+    Template,
+    default_rule,
+    load_rules,
+    parse_rules,
+    parse_template,
+    union,
+)
+from contract.keys import encode_value
 
 DEMO = load_rules(DEMO_RULES)
 CARD = {"id": 1, "tenant_id": 1, "board_id": 1, "title": "Write the launch post", "status": "todo",
@@ -366,3 +381,75 @@ def test_rules_outbox_keys_are_made_valid() -> None:
     row = {"keys": ["tenant:1:name:José"], "aggregatetype": "t", "aggregateid": "1"}
     inv = DEMO.for_change(change("outbox", "c", after=row, tx="9:100"))
     assert inv.keys == ("tenant:1:name:Jos=C3=A9",)
+
+
+# -- the hot path's shortcuts give what the plain code gives
+
+def _render_prefix_reference(template: Template, row: dict[str, Any], keep: int) -> str | None:
+    """Template.render_prefix as first written: zip the fields with the literals after them."""
+    parts = [template.literals[0]]
+    for name, literal in zip(template.fields[:keep], template.literals[1:keep + 1], strict=True):
+        value = row[name]
+        if value is None:
+            return None
+        parts.append(encode_value(value))
+        parts.append(literal)
+    return "".join(parts)
+
+
+VALUES = st.one_of(st.none(), st.booleans(), st.integers(min_value=-(1 << 70), max_value=1 << 70),
+                   st.floats(allow_nan=False), st.text(max_size=6), st.lists(st.integers(), max_size=2))
+
+
+@settings(max_examples=500, deadline=None)
+@given(text=st.sampled_from(["card", "card:{id}", "t:{tenant_id}:card:{id}", "{a}{b}x{c}", "a.{b}:{id}:z"]),
+       row=st.fixed_dictionaries({}, optional={"id": VALUES, "tenant_id": VALUES, "a": VALUES, "b": VALUES,
+                                               "c": VALUES}),
+       keep=st.integers(min_value=0, max_value=4))
+def test_rules_template_render_prefix_agrees_with_its_first_version(text: str, row: dict[str, Any], keep: int) -> None:
+    template = parse_template("public.t", text)
+    try:
+        expected: str | type[KeyError] | None = _render_prefix_reference(template, row, keep)
+    except KeyError:
+        expected = KeyError
+    try:
+        got: str | type[KeyError] | None = template.render_prefix(row, keep)
+    except KeyError:
+        got = KeyError
+    assert got == expected
+
+
+def test_rules_default_rule_is_built_once_per_table_and_key_columns() -> None:
+    rules = Rules({})
+    first = change("items", "c", after={"id": 1, "n": 1}, key={"id": 1}, tx="9:1", lsn=1)
+    again = change("items", "u", before={"id": 2, "n": 1}, after={"id": 2, "n": 2}, key={"id": 2}, tx="9:2", lsn=2)
+    other_key = change("items", "c", after={"a": 1, "b": 2}, key={"a": 1, "b": 2}, tx="9:3", lsn=3)
+    other_schema = change("items", "c", after={"id": 1}, key={"id": 1}, tx="9:4", lsn=4, schema="s")
+    assert rules._default_rule(first) is rules._default_rule(again)
+    for c in (first, other_key, other_schema):
+        assert rules._default_rule(c) == default_rule(c)
+        assert rules.for_change(c) == Rules({}).for_change(c)
+    assert len({id(rules._default_rule(c)) for c in (first, other_key, other_schema)}) == 3
+    assert rules.for_change(other_key).keys == ("items:1:2", "items")
+
+
+def test_rules_default_rules_kept_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(rules_module, "MAX_DEFAULT_RULES", 2)
+    rules = Rules({})
+    for n in range(5):
+        c = change(f"t{n}", "c", after={"id": 1}, key={"id": 1}, tx="9:1", lsn=1)
+        assert rules.for_change(c).keys == (f"t{n}:1", f"t{n}")
+        assert len(rules._defaults) <= 2
+
+
+def test_rules_payload_reuses_keys_only_for_the_images_it_rendered() -> None:
+    """A delete without REPLICA IDENTITY FULL renders from its key columns; its payload is "null"."""
+    card = {**CARD, "title": None, "status": None, "owner": None, "version": None, "board_id": None,
+            "tenant_id": None, "updated_at": None}
+    deleted = change("cards", "d", before=card, key={"id": 1}, tx="9:1", lsn=1)
+    inv = DEMO.for_change(deleted)
+    assert inv.keys == ("card:1",) and inv.data == (("card:1", "null"),)
+    moved = change("cards", "u", before=CARD, after={**CARD, "tenant_id": 2}, key={"id": 1}, tx="9:2", lsn=2)
+    inv = DEMO.for_change(moved)
+    assert dict(inv.without) == {"tenant:1:card:1": "moved"}
+    assert [k for k, _ in inv.data] == ["card:1", "tenant:2:card:1"]
