@@ -4,6 +4,7 @@ broken down per hop.
 
     .venv/bin/python -m bench.latency [--rates 10,100,1000] [--subscribers 1,100] [--seconds 8]
                                       [--configs tuned,defaults,tuned-fsync-always]
+                                      [--set poll.interval.ms=20 ...] [--name latency]
 
 For each configuration (Freshwire's tuned one; Debezium/Kafka defaults: poll.interval.ms=500,
 linger.ms=5; and tuned with Redis appendfsync always instead of everysec), each rate and each
@@ -18,8 +19,11 @@ Each transaction is followed by its id:
 
 The Kafka timestamp, consumer receipt and publish call travel in the pubsub message (`h`, see
 cdc/redis_layout.py); the message also carries the transaction id and its version, which the clients
-receive. All clocks are this machine's wall clock. Prints a table and writes
-bench/results/latency.json and latency.png. Loopback only; bounded by --seconds per arm.
+receive. All clocks are this machine's wall clock. Prints a table, each arm that has a target (issue
+#15: 1k tx/s x 1 subscriber p50 <= 8 ms and p99 <= 40 ms; 1k tx/s x 100 subscribers p99 <= 100 ms)
+with the target beside its figures, and writes bench/results/<name>.json (targets in it) and
+<name>.png. `--set key=value` overrides a connector setting in every configuration (to compare a knob
+back to back). Loopback only; bounded by --seconds per arm.
 """
 
 from __future__ import annotations
@@ -60,6 +64,11 @@ CONFIGS: dict[str, tuple[dict[str, str], str]] = {
     "tuned": ({}, "everysec"),
     "defaults": ({"poll.interval.ms": "500", "producer.override.linger.ms": "5"}, "everysec"),
     "tuned-fsync-always": ({}, "always"),
+}
+# (rate, subscribers per key) -> end-to-end percentile -> bound in ms (issue #15)
+TARGETS: dict[tuple[float, int], dict[str, float]] = {
+    (1000.0, 1): {"p50": 8.0, "p99": 40.0},
+    (1000.0, 100): {"p99": 100.0},
 }
 HOPS = ("commit→kafka", "kafka→consumer", "consumer→publish", "publish→redis sub", "redis→client")
 
@@ -265,7 +274,18 @@ def arm(s: StackSettings, ids: list[int], rate: float, subs: int, seconds: float
             "achieved_tx_per_s": round(len(commits) / seconds, 1), **result}
 
 
-def plot(arms: list[dict[str, Any]]) -> None:
+def target_check(rate: float, subs: int, e2e: dict[str, float]) -> dict[str, dict[str, Any]]:
+    """Pure: each targeted percentile of an arm -> {"target_ms", "ms", "met"}; {} for an arm without targets."""
+    return {p: {"target_ms": bound, "ms": e2e[p], "met": e2e["count"] > 0 and e2e[p] <= bound}
+            for p, bound in TARGETS.get((float(rate), subs), {}).items()}
+
+
+def targets_text(checks: dict[str, dict[str, Any]]) -> str:
+    return "  ".join(f"[{p} {c['ms']:.1f} ms, target <= {c['target_ms']:g}: {'met' if c['met'] else 'missed'}]"
+                     for p, c in checks.items())
+
+
+def plot(arms: list[dict[str, Any]], name: str = "latency") -> None:
     plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     cases = list(dict.fromkeys((a["rate"], a["subscribers"]) for a in arms))
@@ -281,8 +301,9 @@ def plot(arms: list[dict[str, Any]]) -> None:
     left.set_yscale("log")
     left.set_xticks(range(len(cases)), [f"{r:.0f} tx/s\n×{n} subs" for r, n in cases], fontsize=7)
     left.set_ylabel("commit → client (ms, log)")
-    left.axhline(15, color="green", linewidth=0.8, linestyle="--", label="target p50 15 ms")
-    left.axhline(60, color="red", linewidth=0.8, linestyle="--", label="target p99 60 ms")
+    left.axhline(8, color="green", linewidth=0.8, linestyle="--", label="1k×1 target p50 8 ms")
+    left.axhline(40, color="red", linewidth=0.8, linestyle="--", label="1k×1 target p99 40 ms")
+    left.axhline(100, color="purple", linewidth=0.8, linestyle=":", label="1k×100 target p99 100 ms")
     left.legend(fontsize=6, ncol=2)
     left.set_title("end-to-end latency (circles p50, triangles p99)")
     tuned = [a for a in arms if a["config"] == "tuned"]
@@ -295,14 +316,15 @@ def plot(arms: list[dict[str, Any]]) -> None:
     right.set_ylabel("p50 per hop (ms)")
     right.set_title("tuned: where the time goes (p50 of each hop)")
     right.legend(fontsize=7)
-    save_figure(fig, "latency")
+    save_figure(fig, name)
 
 
 def row(name: str, a: dict[str, Any]) -> str:
     e, h = a["end_to_end_ms"], a["hops_ms"]
     hops = " ".join(f"{h[k]['p50']:6.1f}" for k in HOPS)
     return (f"{name:<9} {a['rate']:>5.0f}/s {a['subscribers']:>4} subs  p50 {e['p50']:7.1f} p90 {e['p90']:7.1f} "
-            f"p99 {e['p99']:7.1f} max {e['max']:7.1f} ms | hops p50 {hops} | {a['achieved_tx_per_s']} tx/s")
+            f"p99 {e['p99']:7.1f} max {e['max']:7.1f} ms | hops p50 {hops} | {a['achieved_tx_per_s']} tx/s"
+            + (f"\n          {targets_text(a['targets'])}" if a.get("targets") else ""))
 
 
 def main(argv: list[str] | None = None, run_arm: Callable[..., dict[str, Any]] = arm) -> None:
@@ -312,26 +334,34 @@ def main(argv: list[str] | None = None, run_arm: Callable[..., dict[str, Any]] =
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--configs", default=",".join(CONFIGS))
     parser.add_argument("--warmup", type=float, default=15.0, help="seconds of load at the highest rate first")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a connector setting for every configuration (repeatable)")
+    parser.add_argument("--name", default="latency", help="bench/results/<name>.json and .png")
     args = parser.parse_args(argv)
+    extra = dict(kv.split("=", 1) for kv in args.set)
     s = load_stack_settings()
     started = stack.up(s, quiet=True)
-    results: dict[str, Any] = {"machine": machine_info(), "settings": vars(args), "hops": list(HOPS), "arms": []}
+    results: dict[str, Any] = {"machine": machine_info(), "settings": vars(args), "hops": list(HOPS), "arms": [],
+                               "targets": [{"rate": r, "subscribers": n, "end_to_end_ms": t}
+                                           for (r, n), t in TARGETS.items()]}
     print(f"hops: {' | '.join(HOPS)}", flush=True)
     ids = cards(s)
     rates = [float(r) for r in args.rates.split(",")]
     try:
         for name in args.configs.split(","):
-            configure(s, CONFIGS[name], ids, max(rates), args.warmup)
+            overrides, fsync = CONFIGS[name]
+            configure(s, ({**overrides, **extra}, fsync), ids, max(rates), args.warmup)
             for rate in rates:
                 for subs in (int(n) for n in args.subscribers.split(",")):
                     result = {"config": name, **run_arm(s, ids, rate, subs, args.seconds)}
+                    result["targets"] = target_check(rate, subs, result["end_to_end_ms"])
                     results["arms"].append(result)
                     print(row(name, result), flush=True)
     finally:
         configure(s, ({}, s.redis_fsync), ids, 0, 0)
         stack.down(s, only=started, quiet=True)
-    write_json("latency", results)
-    plot(results["arms"])
+    write_json(args.name, results)
+    plot(results["arms"], args.name)
 
 
 if __name__ == "__main__":
