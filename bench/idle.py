@@ -2,16 +2,21 @@
 a fixed write rate.
 
     .venv/bin/python -m bench.idle [--idle-seconds 30] [--rate 200] [--load-seconds 30] [--settle 20]
+                                   [--set poll.interval.ms=20 ...] [--name idle]
 
 Against the stack the FRESHWIRE_* variables name (started here if none runs, and then stopped again):
 
-1. settle: `--settle` s of nothing (a JVM that just started is still compiling; that is not rest);
-2. idle: `--idle-seconds` s with no writes; each process's CPU (utime + stime from /proc, its children
-   included: PostgreSQL's backends and walsender) as a percentage of one core, and the JVMs' busiest
-   threads (/proc/<pid>/task/*, by thread name), which say where the idle CPU goes;
-3. load: one-row transactions at `--rate` tx/s for `--load-seconds` s (bench/latency.py's writers),
+1. load: one-row transactions at `--rate` tx/s for `--load-seconds` s (bench/latency.py's writers),
    then one probe transaction waited for end to end, so the window holds all the work of the load;
    CPU-s per 1,000 transactions per process, gross and net of the idle rate over the same window.
+   It comes first because it also warms the JVMs up: a JVM that has just started, or has just seen
+   its first load, compiles for minutes, and that is not rest;
+2. settle: `--settle` s of nothing;
+3. idle: `--idle-seconds` s with no writes; each process's CPU (utime + stime from /proc, its children
+   included: PostgreSQL's backends and walsender) as a percentage of one core, and the JVMs' busiest
+   threads (/proc/<pid>/task/*, by thread name), which say where the idle CPU goes.
+
+`--set key=value` runs it all with a connector setting changed (the connector is put back after).
 
 CPU time is per process, so it stays meaningful on a shared machine; the machine's busy time beside
 it says how shared it was. Prints a table with the targets beside the figures and writes
@@ -30,7 +35,7 @@ from typing import Any
 from bench import latency
 from bench.procfs import CLK_TCK, machine_ticks
 from bench.report import machine_info, write_json
-from connectors import stack
+from connectors import register, stack
 from connectors.stack_settings import StackSettings, load_stack_settings
 
 IDLE_TARGET_PCT = 5.0  # the whole stack at rest, % of one core (issue #15)
@@ -112,6 +117,13 @@ def busiest(before: dict[str, int], after: dict[str, int], wall_s: float, top: i
     return [(name, round(100 * ticks / CLK_TCK / wall_s, 2)) for name, ticks in by_name.most_common(top) if ticks]
 
 
+def jit_share(before: dict[str, int], after: dict[str, int], wall_s: float) -> float:
+    """Pure: % of one core the JIT compiler threads (C1, C2) used over the window: a JVM that started or
+    met new load minutes ago is still compiling, which is not its cost at rest."""
+    ticks = sum(t - before.get(k, 0) for k, t in after.items() if k.startswith(("C1 Compiler", "C2 Compiler")))
+    return round(100 * ticks / CLK_TCK / wall_s, 2)
+
+
 def measure(roles: dict[str, int], seconds: float, threads: bool = False) -> dict[str, Any]:
     """Each role's CPU seconds over `seconds` of wall time (the caller does what it wants meanwhile:
     this only samples before and after)."""
@@ -131,7 +143,9 @@ def finish(roles: dict[str, int], before: dict[str, float], tbefore: dict[str, d
     out: dict[str, Any] = {"wall_s": round(wall, 2), "cpu_s": used,
                            "machine_busy_pct_of_core": round(100 * (m1[0] - m0[0]) / CLK_TCK / wall, 1)}
     if tbefore:
-        out["threads_pct_of_core"] = {r: busiest(tbefore[r], thread_ticks(roles[r]), wall) for r in tbefore}
+        tafter = {r: thread_ticks(roles[r]) for r in tbefore}
+        out["threads_pct_of_core"] = {r: busiest(tbefore[r], tafter[r], wall) for r in tbefore}
+        out["jit_pct_of_core"] = {r: jit_share(tbefore[r], tafter[r], wall) for r in tbefore}
     return out
 
 
@@ -185,6 +199,11 @@ def report(idle: dict[str, Any], load: dict[str, Any] | None, rate: float) -> li
         lines.append(f"at {rate:g} tx/s: {gross:.3f} CPU-s per 1k tx for the whole stack ({net:.3f} net of idle), "
                      f"{load['transactions']} tx in {load['wall_s']:.0f} s   "
                      f"[machine busy {load['machine_busy_pct_of_core']} % of a core]")
+    jit = idle.get("jit_pct_of_core", {})
+    if jit:
+        per_jvm = ", ".join(f"{r} {v}" for r, v in jit.items())
+        lines.append(f"  of which JIT compiler threads: {sum(jit.values()):.2f} % ({per_jvm}); "
+                     f"without them {total - sum(jit.values()):.2f} %")
     for role, threads in idle.get("threads_pct_of_core", {}).items():
         lines.append(f"{role} idle threads (% core): " + ", ".join(f"{n} {v}" for n, v in threads))
     return lines
@@ -197,15 +216,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--load-seconds", type=float, default=30.0)
     parser.add_argument("--settle", type=float, default=20.0, help="seconds of rest before measuring")
     parser.add_argument("--name", default="idle", help="bench/results/<name>.json")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a connector setting for this run (repeatable)")
     args = parser.parse_args(argv)
+    overrides = dict(kv.split("=", 1) for kv in args.set)
     s = load_stack_settings()
     started = stack.up(s, quiet=True)
     try:
+        if overrides:
+            register.register(s.connect_url, s.host, s.pg_port, pg_dsn=s.pg_dsn, overrides=overrides)
         roles = stack.running_parts(s)
+        load = load_phase(s, roles, args.rate, args.load_seconds) if args.rate > 0 else None
         time.sleep(args.settle)
         idle = measure(roles, args.idle_seconds, threads=True)
-        load = load_phase(s, roles, args.rate, args.load_seconds) if args.rate > 0 else None
     finally:
+        if overrides and not started:
+            register.register(s.connect_url, s.host, s.pg_port, pg_dsn=s.pg_dsn)
         stack.down(s, only=started, quiet=True)
     total = pct(sum(idle["cpu_s"].values()), idle["wall_s"])
     results: dict[str, Any] = {
