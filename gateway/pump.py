@@ -56,9 +56,7 @@ class Pump:
         keys = self.hub.keys()
         for i in range(0, len(keys), self.resync_chunk):
             versions = await self.backend.read_versions(keys[i:i + self.resync_chunk])
-            for key, version in versions.items():
-                if version is not None:
-                    self.hub.offer(key, version, 0)
+            self.hub.offer_many((key, version, 0, None) for key, version in versions.items() if version is not None)
         self.watermark.advance(await self.backend.watermark())
         # Live delivery was interrupted: the versions above are re-read, and every client is told so.
         self.metrics.lapses.labels("resync").inc()
