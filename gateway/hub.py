@@ -8,7 +8,7 @@ else the Session keeps the change, coalesced, until the transport drains.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from contract.redis_layout import PrefixSet, Published
 from gateway.session import Session
@@ -20,6 +20,27 @@ class Hub:
         self.sessions: set[Session] = set()
         self.deliveries = 0
         self._coalesced_closed = 0  # coalescing done for connections that have since closed
+        self._deferred: list[Callable[[], None]] | None = None  # while corked: run by uncork()
+
+    # -- one fan-out pass
+    def cork(self) -> None:
+        """Start a fan-out pass: connections defer their writes to its end (defer()), so each one
+        writes what the pass gave it with one system call, however many batches the pass holds."""
+        if self._deferred is None:
+            self._deferred = []
+
+    def defer(self, write: Callable[[], None]) -> bool:
+        """Run `write` when the pass ends (True), or False outside a pass: write now."""
+        if self._deferred is None:
+            return False
+        self._deferred.append(write)
+        return True
+
+    def uncork(self) -> None:
+        """End the pass: the deferred writes, in the order they were deferred (they must not raise)."""
+        deferred, self._deferred = self._deferred, None
+        for write in deferred or ():
+            write()
 
     def register(self, session: Session) -> None:
         self.sessions.add(session)

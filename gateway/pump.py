@@ -22,6 +22,10 @@ log = logging.getLogger(__name__)
 
 RESTART_S = 0.5
 MAX_GATHER = 1000  # released batches handed to the hub in one pass at most
+# A pass of at most this many batches delivers every one of them (each connection still writes once per
+# pass); a longer one means the gateway is behind, and each key is then delivered once, at its newest
+# version (Hub.deliver_many), so catching up costs one batch's worth of work per key.
+DELIVER_EACH = 16
 
 
 class Watermark:
@@ -65,11 +69,17 @@ class Pump:
 
     def release(self, events: list[Published]) -> None:
         """Hand released batches to the hub, then move the watermark, tell lapses and answer awaits, in
-        release order (so `visible` never overtakes its own transaction's `invalidate`)."""
+        release order (so `visible` never overtakes its own transaction's `invalidate`). One fan-out
+        pass (Hub.cork): every connection writes what it got with one write, at the end."""
         if not events:
             return
+        self.hub.cork()
         try:
-            self.hub.deliver_many(events)
+            if len(events) <= DELIVER_EACH:
+                for event in events:
+                    self.hub.deliver(event)
+            else:
+                self.hub.deliver_many(events)
             for event in events:
                 self.watermark.advance(event.watermark)
                 if event.lapse:
@@ -83,6 +93,7 @@ class Pump:
             log.exception("release failed")
         finally:
             events.clear()
+            self.hub.uncork()
 
     async def run(self) -> None:
         """Batches that arrive together (the backend yields them without suspending while they are

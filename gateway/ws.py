@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from prometheus_client import Histogram
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from gateway import errors as E
@@ -19,6 +20,7 @@ from gateway.auth import Grant, token_from
 from gateway.awaits import TooManyAwaits
 from gateway.backend import BackendUnavailable
 from gateway.errors import AuthError, ProtocolError
+from gateway.hub import Hub
 from gateway.session import ControlOverflow, RateGuard, Session
 from gateway.state import GatewayState
 from gateway.tokens import parse_token
@@ -46,6 +48,7 @@ async def endpoint(ws: WebSocket) -> None:
     if len(state.hub.sessions) >= state.settings.max_connections:
         await _close(ws, state, E.CLOSE_OVER_CAPACITY, E.REASON_OVER_CAPACITY)
         return
+    _forget_handshake(ws)
     session = Session(f"c{next(_ids)}", state.settings.control_queue, None, state.settings.max_data_bytes)
     state.hub.register(session)
     log.info("[%s] open sub=%s", session.conn_id, grant.subject)
@@ -74,6 +77,16 @@ def sink_of(ws: WebSocket) -> Sink | None:
     extensions = ws.scope.get("extensions") or {}
     sink: Sink | None = extensions.get(SINK_EXTENSION)
     return sink
+
+
+def _forget_handshake(ws: WebSocket) -> None:
+    """The headers and the query (the token) are read at the handshake only, and a connection keeps its
+    scope (shared with the server) for hours: drop them and Starlette's parsed copies, ~1.7 KB of the
+    ~15 KB a connection costs. Nothing reads them later (the grant holds what the token said)."""
+    ws.scope["headers"] = []
+    ws.scope["query_string"] = b""
+    for cached in ("_headers", "_query_params", "_url"):
+        ws.__dict__.pop(cached, None)
 
 
 def _nothing() -> None:
@@ -106,6 +119,49 @@ class Wake:
         self._set = False
 
 
+class LagTally:
+    """commit_to_send observations made during a fan-out pass, counted per (histogram, commit time) and
+    observed once each at its end: the thousands of connections of one pass share a few commit times."""
+
+    __slots__ = ("counts",)
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[Histogram, int], int] = {}
+
+    def add(self, histogram: Histogram, commit_ms: int, hub: Hub) -> None:
+        if not self.counts and not hub.defer(self.observe):
+            observe_many(histogram, time.time() - commit_ms / 1000, 1)
+            return
+        key = (histogram, commit_ms)
+        self.counts[key] = self.counts.get(key, 0) + 1
+
+    def observe(self) -> None:
+        counts, self.counts = self.counts, {}
+        now = time.time()
+        for (histogram, commit_ms), n in counts.items():
+            observe_many(histogram, now - commit_ms / 1000, n)
+
+
+lag_tally = LagTally()
+
+
+def observe_many(histogram: Histogram, amount: float, n: int) -> None:
+    """`n` observations of `amount` (at least 0) for the cost of one: Histogram.observe's own steps,
+    done with a count of n (prometheus_client has no weighted observe)."""
+    amount = max(0.0, amount)
+    try:
+        upper_bounds, buckets, total = histogram._upper_bounds, histogram._buckets, histogram._sum
+    except AttributeError:  # another prometheus_client layout: the public way
+        for _ in range(n):
+            histogram.observe(amount)
+        return
+    total.inc(amount * n)
+    for i, bound in enumerate(upper_bounds):
+        if amount <= bound:
+            buckets[i].inc(n)
+            break
+
+
 @dataclass(frozen=True, slots=True)
 class Ending:
     """A connection on its way out: the close to send, and the task sending it beside the reader
@@ -121,7 +177,7 @@ class Connection:
     has one (written at once while the transport takes them, the Session coalescing what waits while
     it is paused), else through ASGI `send` from a writer task of their own."""
 
-    __slots__ = ("awaits", "ending", "grant", "rate", "session", "sink", "state", "wake", "ws")
+    __slots__ = ("awaits", "ending", "grant", "out", "rate", "session", "sink", "state", "wake", "ws")
 
     def __init__(self, ws: WebSocket, state: GatewayState, session: Session, grant: Grant,
                  sink: Sink | None = None) -> None:
@@ -130,6 +186,7 @@ class Connection:
         self.ending: Ending | None = None  # None while open: the lifecycle is this one field
         self.awaits: set[asyncio.Task[None]] | None = None  # made by the first await
         self.wake = Wake() if sink is None else None
+        self.out: list[str] | None = None  # frames taken during a fan-out pass, written at its end
         session.wake = self._flush if sink is not None else self.wake.set  # type: ignore[union-attr]
 
     async def run(self) -> None:
@@ -203,9 +260,10 @@ class Connection:
         self._close_now(E.CLOSE_INTERNAL, E.REASON_INTERNAL)
 
     def _flush(self) -> None:
-        """The Session's wake-up with a Sink: write what it has now, unless the transport is paused (then
-        the Session keeps it, coalescing, and the Sink calls this again once it drains). Runs inside
-        fan-out and request handling: never raises into them."""
+        """The Session's wake-up with a Sink: take what it has now and write it (at the end of the hub's
+        fan-out pass when one runs, so the pass costs one write per connection), unless the transport
+        is paused: then the Session keeps it, coalescing, and the Sink calls this again once it
+        drains. Runs inside fan-out and request handling: never raises into them."""
         sink = self.sink
         assert sink is not None
         try:
@@ -213,14 +271,32 @@ class Connection:
                 return
             session = self.session
             frames = session.take()
-            if frames:
+            if not frames:
+                return
+            if session.taken_commit_ms:
+                lag_tally.add(self.state.metrics.commit_to_send, session.taken_commit_ms, self.state.hub)
+            if self.out is not None:
+                self.out += frames
+            elif self.state.hub.defer(self._write_out):
+                self.out = frames
+            else:
                 sink.write_texts(frames)
-                if session.taken_commit_ms:
-                    lag = time.time() - session.taken_commit_ms / 1000
-                    self.state.metrics.commit_to_send.observe(lag if lag > 0 else 0.0)
         except Exception as exc:
-            self.session.wake = _nothing  # closing: nothing more is written
-            self._failed("writer", exc)
+            self._broken(exc)
+
+    def _write_out(self) -> None:
+        """The frames deferred to the end of a fan-out pass (nothing can close or pause the transport
+        between their take() and this: the pass runs without a switch)."""
+        out, self.out = self.out, None
+        try:
+            if out and self.sink is not None:
+                self.sink.write_texts(out)
+        except Exception as exc:
+            self._broken(exc)
+
+    def _broken(self, exc: Exception) -> None:
+        self.session.wake = _nothing  # closing: nothing more is written
+        self._failed("writer", exc)
 
     async def _writer(self) -> None:
         assert self.wake is not None
