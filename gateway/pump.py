@@ -22,9 +22,11 @@ log = logging.getLogger(__name__)
 
 RESTART_S = 0.5
 MAX_GATHER = 1000  # released batches handed to the hub in one pass at most
-# A pass of at most this many batches delivers every one of them (each connection still writes once per
-# pass); a longer one means the gateway is behind, and each key is then delivered once, at its newest
-# version (Hub.deliver_many), so catching up costs one batch's worth of work per key.
+# A pass of at most this many batches delivers every one of them (each connection writes once per pass,
+# however many frames that is). A longer one means the gateway is behind: it is cut into DELIVER_EACH
+# runs of consecutive batches, each delivered once per key at its newest version (Hub.deliver_many), so
+# a pass costs at most DELIVER_EACH batches' worth of work and one write per connection, whatever the
+# backlog, and the newest version goes out in the same pass.
 DELIVER_EACH = 16
 
 
@@ -78,8 +80,10 @@ class Pump:
             if len(events) <= DELIVER_EACH:
                 for event in events:
                     self.hub.deliver(event)
-            else:
-                self.hub.deliver_many(events)
+            else:  # behind: DELIVER_EACH runs of consecutive batches, each coalesced per key
+                step = -(-len(events) // DELIVER_EACH)
+                for i in range(0, len(events), step):
+                    self.hub.deliver_many(events[i:i + step])
             for event in events:
                 self.watermark.advance(event.watermark)
                 if event.lapse:
