@@ -355,22 +355,9 @@ class Sampler:
 
 def kill_and_restart(s: StackSettings, name: str) -> float:
     """SIGKILL a stack part and start it again; returns how long until it was ready."""
-    pid = procs.recorded_pid(s.pids_dir, name)
-    if pid is None:
-        raise RuntimeError(f"{name} is not running")
     began = time.monotonic()
-    port = BUILDERS[name](s).port
-    os.kill(pid, signal.SIGKILL)
-    # Wait for the exit here: once killed, its cmdline is gone and procs.stop would no longer know it.
-    # A dead leader thread is a zombie while the other threads still exit holding the fds (the
-    # listening socket among them), so the port is what says it is gone.
-    deadline = time.monotonic() + 30
-    while (procs.alive(pid) or (port is not None and services.port_open(s.host, port))) \
-            and time.monotonic() < deadline:
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
-        time.sleep(0.05)
-    procs.stop(name, s.pids_dir, timeout_s=5)
+    if not procs.kill(name, s.pids_dir, port=BUILDERS[name](s).port):
+        raise RuntimeError(f"{name} is not running")
     restart(s, name)
     return round(time.monotonic() - began, 2)
 
