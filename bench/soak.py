@@ -136,10 +136,12 @@ class Writer:
 
 class _Receiver(BaseHTTPRequestHandler):
     posts = 0
+    lock = threading.Lock()  # the server runs a thread per request
 
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        type(self).posts += 1
+        with self.lock:
+            type(self).posts += 1
         self.send_response(200)
         self.send_header("Content-Length", "0")
         self.end_headers()
@@ -297,7 +299,7 @@ def proc_sample(pid: int | None, ports: dict[int, str] | None = None) -> dict[st
     try:
         status = Path(f"/proc/{pid}/status").read_text()
         return {"pid": pid, "rss_kb": procfs.status_kb(status), "fds": procfs.fd_count(pid),
-                "threads": int(re.search(r"^Threads:\s+(\d+)", status, re.MULTILINE).group(1)),  # type: ignore[union-attr]
+                "threads": procfs.status_kb(status, "Threads"),
                 "cpu_s": round(procfs.cpu_seconds(pid), 2), "fd_kinds": fd_kinds(pid),
                 **({"sockets": socket_peers(pid, ports)} if ports else {})}
     except (OSError, AttributeError):
