@@ -341,6 +341,10 @@ def kafka_proc(s: StackSettings) -> Proc:
         # the consumer): a 5 MB value in a column the rules read still travels.
         "message.max.bytes": MAX_BROKER_MESSAGE_BYTES,
         "replica.fetch.max.bytes": MAX_BROKER_MESSAGE_BYTES,
+        # At rest the controller appends a no-op record to the metadata log every 500 ms by default
+        # (and the broker fetches and applies each one): one node needs no such liveness beat twice a
+        # second (bench/idle.py, docs/tuning.md).
+        "metadata.max.idle.interval.ms": 5000,
     })
     (root / "log4j2.properties").write_text(LOG4J2)
     classpath = f"{s.jars_dir}/*"
