@@ -45,7 +45,9 @@ def consumer_config(settings: Settings) -> dict[str, object]:
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
         "auto.offset.reset": "earliest",
-        "fetch.wait.max.ms": 100,
+        # A long poll: the broker answers as soon as a record is appended (fetch.min.bytes 1), so this
+        # only sets how often an idle consumer asks again (bench/idle.py, docs/tuning.md).
+        "fetch.wait.max.ms": 1000,
         "socket.nagle.disable": True,
         "partition.assignment.strategy": "cooperative-sticky",
         # A crashed consumer's partition moves to its restart (or the hot spare) after this,

@@ -27,7 +27,7 @@ class Settings:
     cdc_metrics_host: str = "127.0.0.1"
     cdc_metrics_port: int = 19108
     cdc_max_records: int = 2000
-    cdc_poll_timeout_ms: int = 20
+    cdc_poll_timeout_ms: int = 200
     cdc_retry_max_s: float = 5.0
     primary_dsn: str = ""
     slot_name: str = "freshwire"
@@ -78,7 +78,7 @@ HELP = {
     "cdc_metrics_host": "address of the /metrics, /healthz and /readyz endpoint",
     "cdc_metrics_port": "port of the /metrics, /healthz and /readyz endpoint",
     "cdc_max_records": "records taken from Kafka per consume call",
-    "cdc_poll_timeout_ms": "how long one consume call waits for records",
+    "cdc_poll_timeout_ms": "longest wait for the first record (a record ends it at once; idle wake-ups)",
     "cdc_retry_max_s": "longest back-off between retries of Redis or Kafka effects",
     "primary_dsn": "the primary, to watch Debezium's replication slot (WAL held, lag, wal_status); empty: off",
     "slot_name": "Debezium's replication slot",

@@ -132,10 +132,12 @@ def connect_worker_proc(s: StackSettings, worker: int) -> Proc:
     services.write_props(props, connect_worker_props(lay, worker, s.plugins_dir))
     (root / "log4j2.properties").write_text(services.LOG4J2)
     url = lay.connect_urls[worker - 1]
+    # The same timer slack as the single stack's worker (connectors/services.py, docs/tuning.md).
+    java = services.slack_launcher(root / "bin" / "java", services.CONNECT_TIMER_SLACK_NS, services.java_bin())
     return Proc(
         name=name,
         port=lay.connect_ports[worker - 1],
-        argv=[services.java_bin(), *JVM_CONNECT_HEAP, f"-Dlog4j2.configurationFile={root / 'log4j2.properties'}",
+        argv=[str(java), *JVM_CONNECT_HEAP, f"-Dlog4j2.configurationFile={root / 'log4j2.properties'}",
               "-cp", f"{s.jars_dir}/*", "org.apache.kafka.connect.cli.ConnectDistributed", str(props)],
         log=s.logs_dir / f"{name}.log",
         ready=lambda: services.connect_lists_debezium(url),

@@ -28,6 +28,9 @@ def worker_props(bootstrap: str, host: str, port: int, plugins_dir: Path, replic
         "status.storage.replication.factor": replication_factor,
         "status.storage.partitions": 1,
         "offset.flush.interval.ms": 1000,
+        # The worker's own consumers of its config/offset/status topics (they inherit the worker's
+        # top-level settings) long-poll: a write still comes back at once, an idle worker asks less.
+        "fetch.max.wait.ms": 5000,
         "listeners": f"http://{host}:{port}",
         "rest.advertised.host.name": host,
         "rest.advertised.port": port,

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import pwd
+import shlex
 import shutil
 import socket
 import subprocess
@@ -27,6 +28,13 @@ PG_USER = "postgres"
 MAX_BROKER_MESSAGE_BYTES = MAX_MESSAGE_BYTES + 64 * 1024  # a record batch's overhead around the largest record
 JVM_BROKER_HEAP = ["-Xms256m", "-Xmx512m"]
 JVM_CONNECT_HEAP = ["-Xms256m", "-Xmx640m"]
+# Linux timer slack of every Connect JVM thread, in ns (the kernel's default is 50 µs). Debezium's task
+# thread waits for records in ChangeEventQueue.poll() with a deadline counted in whole milliseconds and
+# spins through the deadline's last millisecond; at poll.interval.ms 5 that spin was 8-11 % of a core
+# at rest. With 2 ms of slack its timed waits end past that millisecond, so it sleeps instead. Waits
+# that end on an event (a record queued, a socket readable) are not delayed; timed ones end up to 2 ms
+# late (docs/tuning.md, bench/idle.py).
+CONNECT_TIMER_SLACK_NS = 2_000_000
 TOPIC_CHANGES, TOPIC_OPS, TOPIC_DLQ = topics.CHANGES, topics.OPS, topics.DLQ
 RULES_FILE = REPO / "demo" / "rules.toml"
 
@@ -333,6 +341,10 @@ def kafka_proc(s: StackSettings) -> Proc:
         # the consumer): a 5 MB value in a column the rules read still travels.
         "message.max.bytes": MAX_BROKER_MESSAGE_BYTES,
         "replica.fetch.max.bytes": MAX_BROKER_MESSAGE_BYTES,
+        # At rest the controller appends a no-op record to the metadata log every 500 ms by default
+        # (and the broker fetches and applies each one): one node needs no such liveness beat twice a
+        # second (bench/idle.py, docs/tuning.md).
+        "metadata.max.idle.interval.ms": 5000,
     })
     (root / "log4j2.properties").write_text(LOG4J2)
     classpath = f"{s.jars_dir}/*"
@@ -376,15 +388,28 @@ def create_topics(s: StackSettings, replication_factor: int = 1) -> None:
         future.result(timeout=30)
 
 
+def slack_launcher(path: Path, slack_ns: int, java: str) -> Path:
+    """A `java` at `path` that sets its own timer slack, which every thread of the JVM it then execs
+    inherits, and runs the real `java` (unchanged where /proc/self/timerslack_ns is not writable)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("#!/bin/sh\n# connectors/services.py: the JVM's timer slack (CONNECT_TIMER_SLACK_NS)\n"
+                    f"{{ echo {int(slack_ns)} > /proc/self/timerslack_ns; }} 2>/dev/null\n"
+                    f'exec {shlex.quote(java)} "$@"\n')
+    path.chmod(0o755)
+    return path
+
+
 def connect_proc(s: StackSettings) -> Proc:
     root = s.state_dir / "connect"
     props = root / "connect.properties"
     write_props(props, worker_props(s.kafka_bootstrap, s.host, s.connect_port, s.plugins_dir, replication_factor=1))
     (root / "log4j2.properties").write_text(LOG4J2)
+    # Named `java`, so the pid file's program name still matches the JVM's command line after the exec.
+    java = slack_launcher(root / "bin" / "java", CONNECT_TIMER_SLACK_NS, java_bin())
     return Proc(
         name="connect",
         port=s.connect_port,
-        argv=[java_bin(), *JVM_CONNECT_HEAP, f"-Dlog4j2.configurationFile={root / 'log4j2.properties'}",
+        argv=[str(java), *JVM_CONNECT_HEAP, f"-Dlog4j2.configurationFile={root / 'log4j2.properties'}",
               "-cp", f"{s.jars_dir}/*", "org.apache.kafka.connect.cli.ConnectDistributed", str(props)],
         log=s.logs_dir / "connect.log",
         ready=lambda: _connect_ready(s),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from bench import idle
 from bench.procfs import CLK_TCK
 
@@ -39,3 +41,20 @@ def test_report_states_the_target() -> None:
     rest = {"wall_s": 30.0, "cpu_s": {"kafka": 0.6, "connect": 0.3}, "machine_busy_pct_of_core": 50.0}
     lines = idle.report(rest, None, 200)
     assert "idle total: 3.00 % of a core over 30 s (target <= 5 %): met" in lines[-1]
+
+
+def test_connect_launcher_sets_timer_slack_then_execs_java(tmp_path: Path) -> None:
+    """connectors/services.py: the Connect JVM inherits its launcher's timer slack; the launcher is
+    named `java`, so the pid file's program name matches the JVM's command line after the exec."""
+    import os
+    import subprocess
+
+    from connectors.services import slack_launcher
+
+    fake_java = tmp_path / "real java"
+    fake_java.write_text("#!/bin/sh\ncat /proc/self/timerslack_ns\necho \"$@\"\n")
+    fake_java.chmod(0o755)
+    launcher = slack_launcher(tmp_path / "bin" / "java", 2_000_000, str(fake_java))
+    assert launcher.name == "java" and os.access(launcher, os.X_OK)
+    out = subprocess.run([str(launcher), "-Xmx1m", "Main"], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines() == ["2000000", "-Xmx1m Main"]
