@@ -18,7 +18,9 @@ websockets protocol (compression needs its state), a little slower.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +31,11 @@ from websockets.protocol import Protocol, State
 
 SINK_EXTENSION = "freshwire.sink"
 FRAME_CACHE_SIZE = 1024  # frames fan-out sends to many connections: encoded once each
+# Bytes the kernel may hold unsent per connection (TCP_NOTSENT_LOWAT). Without it the send buffer
+# autotunes up to net.ipv4.tcp_wmem's maximum (4 MB by default) for a client that stops reading, all of
+# it already-encoded frames the gateway can no longer coalesce; with it the kernel refuses more once
+# this much waits, the transport buffers the rest and pauses, and the Session coalesces from there.
+NOTSENT_LOWAT_BYTES = 16384
 
 
 @functools.lru_cache(maxsize=FRAME_CACHE_SIZE)
@@ -156,6 +163,13 @@ class FreshwireWebSocketProtocol(WebSocketsSansIOProtocol):
         if self.response.status_code == 101:  # the app task is created, not started: it sees the extension
             extensions: dict[str, object] = self.scope["extensions"]  # type: ignore[assignment]
             extensions[SINK_EXTENSION] = self
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            with contextlib.suppress(OSError, AttributeError):  # not Linux/macOS: the kernel's default
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, NOTSENT_LOWAT_BYTES)
 
     # -- the sink
     def sendable(self) -> bool:
