@@ -206,8 +206,7 @@ def inject(s: StackSettings, fault: str, rng: random.Random) -> None:
     if pid is None:
         raise RuntimeError(f"{name} is not running before the fault")
     if verb == "kill":
-        os.kill(pid, signal.SIGKILL)
-        procs.stop(name, s.pids_dir, timeout_s=5)  # reaps it and removes the pid file
+        procs.kill(name, s.pids_dir, port=BUILDERS[name](s).port)  # gone, its port free: restartable
         time.sleep(rng.uniform(0.2, 1.5))
         restart(s, name)
     else:

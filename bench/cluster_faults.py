@@ -25,9 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
-import signal
 import sys
 import threading
 import time
@@ -177,11 +175,9 @@ TARGET = {"broker": _kafka_leader, "connect": _task_worker, "redis": _control_ma
 
 
 def kill(s: StackSettings, name: str) -> None:
-    pid = procs.recorded_pid(s.pids_dir, name)
-    if pid is None:
+    port = next(p for p in cluster.parts(s) if p.name == name).build(s).port
+    if not procs.kill(name, s.pids_dir, port=port):  # gone, its port free: restartable at once
         raise RuntimeError(f"{name} is not running before its fault")
-    os.kill(pid, signal.SIGKILL)
-    procs.stop(name, s.pids_dir, timeout_s=5)  # reaps it and removes its pid file
 
 
 def restart(s: StackSettings, name: str) -> None:

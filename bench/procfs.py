@@ -21,7 +21,7 @@ def stat_cpu_ticks(stat: str) -> int:
 
 
 def status_kb(status: str, name: str = "VmRSS") -> int:
-    """A `kB` field of /proc/<pid>/status, 0 when absent."""
+    """A numeric field of /proc/<pid>/status (`VmRSS: 1234 kB` -> 1234, `Threads: 9` -> 9), 0 when absent."""
     for line in status.splitlines():
         if line.startswith(name + ":"):
             return int(line.split()[1])

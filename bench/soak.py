@@ -136,10 +136,12 @@ class Writer:
 
 class _Receiver(BaseHTTPRequestHandler):
     posts = 0
+    lock = threading.Lock()  # the server runs a thread per request
 
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        type(self).posts += 1
+        with self.lock:
+            type(self).posts += 1
         self.send_response(200)
         self.send_header("Content-Length", "0")
         self.end_headers()
@@ -297,7 +299,7 @@ def proc_sample(pid: int | None, ports: dict[int, str] | None = None) -> dict[st
     try:
         status = Path(f"/proc/{pid}/status").read_text()
         return {"pid": pid, "rss_kb": procfs.status_kb(status), "fds": procfs.fd_count(pid),
-                "threads": int(re.search(r"^Threads:\s+(\d+)", status, re.MULTILINE).group(1)),  # type: ignore[union-attr]
+                "threads": procfs.status_kb(status, "Threads"),
                 "cpu_s": round(procfs.cpu_seconds(pid), 2), "fd_kinds": fd_kinds(pid),
                 **({"sockets": socket_peers(pid, ports)} if ports else {})}
     except (OSError, AttributeError):
@@ -355,22 +357,9 @@ class Sampler:
 
 def kill_and_restart(s: StackSettings, name: str) -> float:
     """SIGKILL a stack part and start it again; returns how long until it was ready."""
-    pid = procs.recorded_pid(s.pids_dir, name)
-    if pid is None:
-        raise RuntimeError(f"{name} is not running")
     began = time.monotonic()
-    port = BUILDERS[name](s).port
-    os.kill(pid, signal.SIGKILL)
-    # Wait for the exit here: once killed, its cmdline is gone and procs.stop would no longer know it.
-    # A dead leader thread is a zombie while the other threads still exit holding the fds (the
-    # listening socket among them), so the port is what says it is gone.
-    deadline = time.monotonic() + 30
-    while (procs.alive(pid) or (port is not None and services.port_open(s.host, port))) \
-            and time.monotonic() < deadline:
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
-        time.sleep(0.05)
-    procs.stop(name, s.pids_dir, timeout_s=5)
+    if not procs.kill(name, s.pids_dir, port=BUILDERS[name](s).port):
+        raise RuntimeError(f"{name} is not running")
     restart(s, name)
     return round(time.monotonic() - began, 2)
 

@@ -193,6 +193,28 @@ def stop(name: str, pids_dir: Path, timeout_s: float = 30.0) -> bool:
     return True
 
 
+def kill(name: str, pids_dir: Path, port: int | None = None, timeout_s: float = 30.0) -> bool:
+    """SIGKILL `name` (a crash, for fault tests) and wait until it is gone, so it can be started again
+    at once: its pid reaped and, when `port` is given, that port free. The pid is taken before the kill,
+    because a SIGKILLed process's cmdline goes first and `recorded_pid` no longer knows it; and the port
+    is what says it is gone, because its leader thread can be a zombie while its other threads still
+    exit holding its fds (the listening socket among them). True if a process was killed; TimeoutError
+    if it is still there after `timeout_s`."""
+    pid = recorded_pid(pids_dir, name)
+    (pids_dir / f"{name}.pid").unlink(missing_ok=True)
+    if pid is None:
+        return False
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout_s
+    while alive(pid) or (port is not None and _port_taken(port)):
+        _reap(pid)
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{name} (pid {pid}) still running or holding port {port} {timeout_s:g} s after SIGKILL")
+        time.sleep(0.05)
+    _reap(pid)
+    return True
+
+
 def _reap(pid: int) -> None:
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)

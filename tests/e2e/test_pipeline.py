@@ -110,9 +110,6 @@ async def test_e2e_fifty_row_transaction_is_one_batch(stack_settings: StackSetti
 async def test_e2e_consumer_killed_mid_stream_loses_and_repeats_nothing(stack_settings: StackSettings) -> None:
     """(d) kill -9 of the cdc consumer while transactions commit; after a restart every key ends at the
     version of its last transaction (read from the ops topic's txIds vs the database), none twice."""
-    import os
-    import signal
-
     from connectors import procs, services
 
     s = stack_settings
@@ -123,11 +120,9 @@ async def test_e2e_consumer_killed_mid_stream_loses_and_repeats_nothing(stack_se
         writer = CardWriter(s, cards, limit=400)
         writer.start()
         await asyncio.sleep(0.5)
-        pid = procs.recorded_pid(s.pids_dir, "cdc")
-        assert pid is not None
-        os.kill(pid, signal.SIGKILL)
-        await asyncio.sleep(0.5)
         proc = services.cdc_proc(s)
+        assert procs.kill("cdc", s.pids_dir, port=proc.port)
+        await asyncio.sleep(0.5)
         procs.start(proc, s.pids_dir)
         procs.wait_ready(proc)
         await asyncio.sleep(0.5)

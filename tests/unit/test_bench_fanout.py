@@ -22,6 +22,7 @@ def test_status_kb_reads_a_field_and_defaults_to_zero() -> None:
     assert status_kb(status) == 48676
     assert status_kb(status, "VmPeak") == 200000
     assert status_kb(status, "VmSwap") == 0
+    assert status_kb("Name:\tjava\nThreads:\t41\n", "Threads") == 41
 
 
 def test_machine_ticks_counts_idle_and_iowait_as_not_busy() -> None:
