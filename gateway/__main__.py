@@ -8,17 +8,16 @@ import sys
 from dataclasses import fields
 
 import uvicorn
-from uvicorn.config import WS_PROTOCOLS
 
 from gateway import logs
 from gateway.app import create_app
 from gateway.errors import SettingsError
 from gateway.settings import GatewaySettings, load_gateway_settings
+from gateway.uvicorn_ws import FreshwireWebSocketProtocol
 
-# uvicorn's sans-I/O websockets protocol (0.35+): no background tasks per connection and a plain
-# transport write per frame, where the legacy one (deprecated by uvicorn) runs three tasks per
-# connection and awaits a drain per frame.
-WS_IMPL = "websockets-sansio" if "websockets-sansio" in WS_PROTOCOLS else "websockets"
+# uvicorn's sans-I/O websockets protocol (0.35+: no background tasks per connection and a plain
+# transport write per frame), extended with the direct write path fan-out uses (gateway/uvicorn_ws.py).
+WS_IMPL = FreshwireWebSocketProtocol
 
 
 def redis_refusal(url: str) -> str | None:

@@ -1,12 +1,14 @@
 """The process-wide subscription index and fan-out.
 
-Fan-out never awaits a client: it only updates each subscriber's Session (coalescing) and wakes
-that connection's own writer task.
+Fan-out never awaits a client: it updates each subscriber's Session (coalescing) and then wakes the
+connection once per released batch, after every key of the batch is offered, so a connection gets one
+invalidate per batch. Waking writes at once when the connection's transport takes it (gateway/ws.py),
+else the Session keeps the change, coalesced, until the transport drains.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from contract.redis_layout import PrefixSet, Published
 from gateway.session import Session
@@ -18,6 +20,27 @@ class Hub:
         self.sessions: set[Session] = set()
         self.deliveries = 0
         self._coalesced_closed = 0  # coalescing done for connections that have since closed
+        self._deferred: list[Callable[[], None]] | None = None  # while corked: run by uncork()
+
+    # -- one fan-out pass
+    def cork(self) -> None:
+        """Start a fan-out pass: connections defer their writes to its end (defer()), so each one
+        writes what the pass gave it with one system call, however many batches the pass holds."""
+        if self._deferred is None:
+            self._deferred = []
+
+    def defer(self, write: Callable[[], None]) -> bool:
+        """Run `write` when the pass ends (True), or False outside a pass: write now."""
+        if self._deferred is None:
+            return False
+        self._deferred.append(write)
+        return True
+
+    def uncork(self) -> None:
+        """End the pass: the deferred writes, in the order they were deferred (they must not raise)."""
+        deferred, self._deferred = self._deferred, None
+        for write in deferred or ():
+            write()
 
     def register(self, session: Session) -> None:
         self.sessions.add(session)
@@ -56,16 +79,43 @@ class Hub:
                 delivered += 1
         return delivered
 
+    def offer_many(self, offers: Iterable[tuple[str, str, int, str | None]]) -> int:
+        """(key, version, commit_ms, data) offers handed over together: each session touched is woken
+        once, after all of them, so it gets them in one invalidate."""
+        delivered = 0
+        touched: dict[Session, None] = {}
+        for key, version, commit_ms, data in offers:
+            for session in self.index.get(key, ()):
+                if session.offer(key, version, commit_ms, data):
+                    touched[session] = None
+                    delivered += 1
+        for session in touched:
+            session.wake()
+        return delivered
+
+    def _prefixed(self, prefixes: dict[str, tuple[str, int]]) -> list[tuple[str, str, int, str | None]]:
+        """Offers for every subscribed key under a released prefix (prefix -> (version, commit_ms))."""
+        if not prefixes:
+            return []
+        released = PrefixSet({prefix: version for prefix, (version, _ms) in prefixes.items()})
+        offers: list[tuple[str, str, int, str | None]] = []
+        for key in list(self.index):
+            for prefix in released.covering(key):
+                version, commit_ms = prefixes[prefix]
+                offers.append((key, version, commit_ms, None))
+        return offers
+
     def deliver(self, event: Published) -> int:
         """Hand one released batch to every subscriber; returns the number of (connection, key) deliveries."""
-        delivered = 0
         data = event.data
-        for key in event.keys:
-            delivered += self.offer(key, event.version, event.commit_ts_ms, data.get(key) if data else None)
-        if event.prefixes:
-            released = PrefixSet(dict.fromkeys(event.prefixes, event.version))
-            for key in [k for k in self.index if released.covering(k)]:
-                delivered += self.offer(key, event.version, event.commit_ts_ms)
+        if len(event.keys) == 1 and not event.prefixes:  # the common case: no grouping needed
+            key = event.keys[0]
+            delivered = self.offer(key, event.version, event.commit_ts_ms, data.get(key) if data else None)
+        else:
+            offers = [(key, event.version, event.commit_ts_ms, data.get(key) if data else None)
+                      for key in event.keys]
+            offers += self._prefixed(dict.fromkeys(event.prefixes, (event.version, event.commit_ts_ms)))
+            delivered = self.offer_many(offers)
         self.deliveries += delivered
         return delivered
 
@@ -90,15 +140,8 @@ class Hub:
             for prefix in event.prefixes:
                 first = prefixes.get(prefix)
                 prefixes[prefix] = (event.version, first[1] if first else event.commit_ts_ms)
-        delivered = 0
-        for key, (version, commit_ms, data) in keys.items():
-            delivered += self.offer(key, version, commit_ms, data)
-        if prefixes:
-            released = PrefixSet({prefix: version for prefix, (version, _ms) in prefixes.items()})
-            for key in list(self.index):
-                for prefix in released.covering(key):
-                    version, commit_ms = prefixes[prefix]
-                    delivered += self.offer(key, version, commit_ms)
+        offers = [(key, version, commit_ms, data) for key, (version, commit_ms, data) in keys.items()]
+        delivered = self.offer_many([*offers, *self._prefixed(prefixes)])
         self.deliveries += delivered
         return delivered
 

@@ -22,6 +22,12 @@ log = logging.getLogger(__name__)
 
 RESTART_S = 0.5
 MAX_GATHER = 1000  # released batches handed to the hub in one pass at most
+# A pass of at most this many batches delivers every one of them (each connection writes once per pass,
+# however many frames that is). A longer one means the gateway is behind: it is cut into DELIVER_EACH
+# runs of consecutive batches, each delivered once per key at its newest version (Hub.deliver_many), so
+# a pass costs at most DELIVER_EACH batches' worth of work and one write per connection, whatever the
+# backlog, and the newest version goes out in the same pass.
+DELIVER_EACH = 16
 
 
 class Watermark:
@@ -56,9 +62,7 @@ class Pump:
         keys = self.hub.keys()
         for i in range(0, len(keys), self.resync_chunk):
             versions = await self.backend.read_versions(keys[i:i + self.resync_chunk])
-            for key, version in versions.items():
-                if version is not None:
-                    self.hub.offer(key, version, 0)
+            self.hub.offer_many((key, version, 0, None) for key, version in versions.items() if version is not None)
         self.watermark.advance(await self.backend.watermark())
         # Live delivery was interrupted: the versions above are re-read, and every client is told so.
         self.metrics.lapses.labels("resync").inc()
@@ -67,11 +71,19 @@ class Pump:
 
     def release(self, events: list[Published]) -> None:
         """Hand released batches to the hub, then move the watermark, tell lapses and answer awaits, in
-        release order (so `visible` never overtakes its own transaction's `invalidate`)."""
+        release order (so `visible` never overtakes its own transaction's `invalidate`). One fan-out
+        pass (Hub.cork): every connection writes what it got with one write, at the end."""
         if not events:
             return
+        self.hub.cork()
         try:
-            self.hub.deliver_many(events)
+            if len(events) <= DELIVER_EACH:
+                for event in events:
+                    self.hub.deliver(event)
+            else:  # behind: DELIVER_EACH runs of consecutive batches, each coalesced per key
+                step = -(-len(events) // DELIVER_EACH)
+                for i in range(0, len(events), step):
+                    self.hub.deliver_many(events[i:i + step])
             for event in events:
                 self.watermark.advance(event.watermark)
                 if event.lapse:
@@ -85,6 +97,7 @@ class Pump:
             log.exception("release failed")
         finally:
             events.clear()
+            self.hub.uncork()
 
     async def run(self) -> None:
         """Batches that arrive together (the backend yields them without suspending while they are

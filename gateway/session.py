@@ -24,6 +24,9 @@ class ControlOverflow(Exception):
     """The client left more than `control_limit` replies unread: it is closed with CLOSE_POLICY."""
 
 
+_NONE: frozenset[str] = frozenset()  # shared by the sessions holding no subscription in set-up
+
+
 def _newer(version: str, than: str | None) -> bool:
     return than is None or version > than
 
@@ -41,7 +44,7 @@ class Session:
         self.data: dict[str, str] = {}           # pending key -> payload JSON of its pending version
         self.known: dict[str, str | None] = {}   # subscribed key -> newest version told or queued
         self.pending: dict[str, str] = {}        # key -> newest version not yet sent
-        self.held: set[str] = set()              # subscriptions being set up
+        self.held: set[str] | frozenset[str] = _NONE  # subscriptions being set up (a set only meanwhile)
         self.controls: list[str] = []
         self.trailing: list[str] = []            # replies that must follow the invalidations pending now
         self.lapses: dict[str, tuple[set[str], str | None]] = {}  # reason -> (keys, newest version), merged
@@ -57,7 +60,7 @@ class Session:
         new = [k for k in keys if k not in self.known]
         for k in new:
             self.known[k] = None
-        self.held.update(keys)
+        self.held = {*self.held, *keys}
         return new
 
     def finish_subscribe(self, rid: int | None, current: dict[str, str | None],
@@ -81,14 +84,18 @@ class Session:
                 # store can run ahead of the event stream): the reply covers it.
                 del self.pending[key]
                 self.data.pop(key, None)
-        self.held.difference_update(current)
+        self._release(current)
         self.control(protocol.subscribed(rid, versions, watermark))
         if self.pending:
             self.wake()
 
     def abort_subscribe(self, keys: Iterable[str], new: Iterable[str]) -> None:
-        self.held.difference_update(keys)
+        self._release(keys)
         self.unsubscribe(new)
+
+    def _release(self, keys: Iterable[str]) -> None:
+        held = self.held.difference(keys)
+        self.held = held if held else _NONE
 
     def unsubscribe(self, keys: Iterable[str]) -> list[str]:
         gone = [k for k in dict.fromkeys(keys) if k in self.known]
@@ -102,7 +109,8 @@ class Session:
     def offer(self, key: str, version: str, commit_ms: int = 0, data: str | None = None) -> bool:
         """A released version of `key`, with its payload (JSON text) when it carries one; True if it is
         news to this client (and was queued)."""
-        if key not in self.known or not _newer(version, self.known[key]):
+        known = self.known.get(key, version)  # an unsubscribed key compares as not newer
+        if known is not None and version <= known:
             return False
         if data is not None:
             self.data[key] = data

@@ -7,8 +7,11 @@ import contextlib
 import itertools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
+from prometheus_client import Histogram
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from gateway import errors as E
@@ -17,9 +20,11 @@ from gateway.auth import Grant, token_from
 from gateway.awaits import TooManyAwaits
 from gateway.backend import BackendUnavailable
 from gateway.errors import AuthError, ProtocolError
+from gateway.hub import Hub
 from gateway.session import ControlOverflow, RateGuard, Session
 from gateway.state import GatewayState
 from gateway.tokens import parse_token
+from gateway.uvicorn_ws import SINK_EXTENSION
 
 log = logging.getLogger(__name__)
 _ids = itertools.count(1)
@@ -43,16 +48,51 @@ async def endpoint(ws: WebSocket) -> None:
     if len(state.hub.sessions) >= state.settings.max_connections:
         await _close(ws, state, E.CLOSE_OVER_CAPACITY, E.REASON_OVER_CAPACITY)
         return
-    wake = Wake()
-    session = Session(f"c{next(_ids)}", state.settings.control_queue, wake.set, state.settings.max_data_bytes)
+    _forget_handshake(ws)
+    session = Session(f"c{next(_ids)}", state.settings.control_queue, None, state.settings.max_data_bytes)
     state.hub.register(session)
     log.info("[%s] open sub=%s", session.conn_id, grant.subject)
-    conn = Connection(ws, state, session, wake, grant)
+    conn = Connection(ws, state, session, grant, sink_of(ws))
     try:
         await conn.run()
     finally:
         state.hub.drop(session)
         log.info("[%s] closed", session.conn_id)
+
+
+class Sink(Protocol):
+    """A synchronous write path to one connection: the `freshwire.sink` ASGI extension of
+    gateway/uvicorn_ws.py. Writing through it needs no task and no await, so fan-out hands each
+    connection its frames as it goes, and only a connection whose transport is paused keeps them
+    (coalesced, in its Session) until `on_writable`'s callback runs."""
+
+    def sendable(self) -> bool: ...
+
+    def write_texts(self, texts: list[str]) -> None: ...
+
+    def peer_behind(self) -> bool: ...
+
+    def on_writable(self, callback: Callable[[], None] | None) -> None: ...
+
+
+def sink_of(ws: WebSocket) -> Sink | None:
+    extensions = ws.scope.get("extensions") or {}
+    sink: Sink | None = extensions.get(SINK_EXTENSION)
+    return sink
+
+
+def _forget_handshake(ws: WebSocket) -> None:
+    """The headers and the query (the token) are read at the handshake only, and a connection keeps its
+    scope (shared with the server) for hours: drop them and Starlette's parsed copies, ~1.7 KB of the
+    ~15 KB a connection costs. Nothing reads them later (the grant holds what the token said)."""
+    ws.scope["headers"] = []
+    ws.scope["query_string"] = b""
+    for cached in ("_headers", "_query_params", "_url"):
+        ws.__dict__.pop(cached, None)
+
+
+def _nothing() -> None:
+    pass
 
 
 class Wake:
@@ -81,6 +121,49 @@ class Wake:
         self._set = False
 
 
+class LagTally:
+    """commit_to_send observations made during a fan-out pass, counted per (histogram, commit time) and
+    observed once each at its end: the thousands of connections of one pass share a few commit times."""
+
+    __slots__ = ("counts",)
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[Histogram, int], int] = {}
+
+    def add(self, histogram: Histogram, commit_ms: int, hub: Hub) -> None:
+        if not self.counts and not hub.defer(self.observe):
+            observe_many(histogram, time.time() - commit_ms / 1000, 1)
+            return
+        key = (histogram, commit_ms)
+        self.counts[key] = self.counts.get(key, 0) + 1
+
+    def observe(self) -> None:
+        counts, self.counts = self.counts, {}
+        now = time.time()
+        for (histogram, commit_ms), n in counts.items():
+            observe_many(histogram, now - commit_ms / 1000, n)
+
+
+lag_tally = LagTally()
+
+
+def observe_many(histogram: Histogram, amount: float, n: int) -> None:
+    """`n` observations of `amount` (at least 0) for the cost of one: Histogram.observe's own steps,
+    done with a count of n (prometheus_client has no weighted observe)."""
+    amount = max(0.0, amount)
+    try:
+        upper_bounds, buckets, total = histogram._upper_bounds, histogram._buckets, histogram._sum
+    except AttributeError:  # another prometheus_client layout: the public way
+        for _ in range(n):
+            histogram.observe(amount)
+        return
+    total.inc(amount * n)
+    for i, bound in enumerate(upper_bounds):
+        if amount <= bound:
+            buckets[i].inc(n)
+            break
+
+
 @dataclass(frozen=True, slots=True)
 class Ending:
     """A connection on its way out: the close to send, and the task sending it beside the reader
@@ -92,17 +175,32 @@ class Ending:
 
 
 class Connection:
-    __slots__ = ("awaits", "ending", "grant", "rate", "session", "state", "wake", "ws")
+    """One connection's I/O shell around its Session. Frames go out through the server's Sink when it
+    has one (written at once while the transport takes them, the Session coalescing what waits while
+    it is paused), else through ASGI `send` from a writer task of their own."""
 
-    def __init__(self, ws: WebSocket, state: GatewayState, session: Session, wake: Wake, grant: Grant) -> None:
-        self.ws, self.state, self.session, self.wake, self.grant = ws, state, session, wake, grant
+    __slots__ = ("awaits", "ending", "grant", "out", "paced", "rate", "session", "sink", "state", "wake", "written_at",
+                 "ws")
+
+    def __init__(self, ws: WebSocket, state: GatewayState, session: Session, grant: Grant,
+                 sink: Sink | None = None) -> None:
+        self.ws, self.state, self.session, self.grant, self.sink = ws, state, session, grant, sink
         self.rate = RateGuard(state.settings.max_messages_per_s, state.settings.max_rate_strikes, time.monotonic())
         self.ending: Ending | None = None  # None while open: the lifecycle is this one field
-        self.awaits: set[asyncio.Task[None]] = set()
+        self.awaits: set[asyncio.Task[None]] | None = None  # made by the first await
+        self.wake = Wake() if sink is None else None
+        self.out: list[str] | None = None  # frames taken during a fan-out pass, written at its end
+        self.written_at = 0.0  # when frames were last written (time.monotonic(); see gateway/pacing.py)
+        self.paced = False  # waiting for the pacer to release it
+        session.wake = self._flush if sink is not None else self.wake.set  # type: ignore[union-attr]
 
     async def run(self) -> None:
-        writer = asyncio.create_task(self._writer(), name=f"writer-{self.session.conn_id}")
-        writer.add_done_callback(self._supervise)
+        writer: asyncio.Task[None] | None = None
+        if self.sink is not None:
+            self.sink.on_writable(self._flush)
+        else:
+            writer = asyncio.create_task(self._writer(), name=f"writer-{self.session.conn_id}")
+            writer.add_done_callback(self._supervise)
         # A timer rather than a sleeping task: it is one per connection, and much smaller.
         loop = asyncio.get_running_loop()
         expiry = loop.call_at(loop.time() + max(0.0, self.grant.expires_at - time.time()), self._expire)
@@ -114,11 +212,15 @@ class Connection:
             self._end(E.CLOSE_POLICY, str(exc))
         finally:
             expiry.cancel()
-            writer.cancel()
-            for task in list(self.awaits):
+            if self.sink is not None:
+                self.sink.on_writable(None)
+                self.session.wake = _nothing
+            for task in list(self.awaits or ()):
                 task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await writer
+            if writer is not None:
+                writer.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await writer
             ending = self.ending
             if ending is not None and ending.sending is not None:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -142,23 +244,92 @@ class Connection:
         self.ending = Ending(code, reason, task)
 
     def _supervise(self, task: asyncio.Task[None]) -> None:
-        """A background task of this connection (its writer, an await) that died of an error: logged
-        with the connection id and the connection closed with 1011, never left silently half-alive."""
+        """A background task of this connection (its writer, an await) that died of an error: see _failed."""
         if task.cancelled() or task.exception() is None:
             return
         exc = task.exception()
+        assert exc is not None
+        self._failed(task.get_name().split("-", 1)[0], exc)
+
+    def _failed(self, what: str, exc: BaseException) -> None:
+        """Logged with the connection id and the connection closed with 1011, never left silently
+        half-alive; a client gone mid-write is not a failure (the reader ends the connection as usual)."""
         gone = WebSocketState.DISCONNECTED in (self.ws.client_state, self.ws.application_state)
         if isinstance(exc, (WebSocketDisconnect, OSError)) or (gone and isinstance(exc, RuntimeError)):
-            return  # the client went away mid-write: the reader ends the connection as usual
+            return
         if isinstance(exc, ControlOverflow):
             self._close_now(E.CLOSE_POLICY, str(exc))
             return
-        log.error("[%s] %s failed; closing with %s", self.session.conn_id, task.get_name(), E.CLOSE_INTERNAL,
-                  exc_info=exc)
-        self.state.metrics.task_failures.labels(task.get_name().split("-", 1)[0]).inc()
+        log.error("[%s] %s failed; closing with %s", self.session.conn_id, what, E.CLOSE_INTERNAL, exc_info=exc)
+        self.state.metrics.task_failures.labels(what).inc()
         self._close_now(E.CLOSE_INTERNAL, E.REASON_INTERNAL)
 
+    def _flush(self) -> None:
+        """The Session's wake-up with a Sink: take what it has now and write it (at the end of the hub's
+        fan-out pass when one runs, so the pass costs one write per connection), unless the connection
+        wrote less than the write interval ago (the pacer releases it then) or the transport is paused
+        (the Sink calls this again once it drains): meanwhile the Session keeps it, coalescing. Runs
+        inside fan-out and request handling: never raises into them."""
+        if self.out is None and self._waits_for_pacer():
+            return
+        self._send()
+
+    def _waits_for_pacer(self) -> bool:
+        session = self.session
+        if session.controls or session.trailing:  # replies go at once, with whatever is pending
+            return False
+        if self.paced:
+            return True
+        pacer = self.state.pacer
+        if not pacer.too_soon(self.written_at) or self.sink is None or not self.sink.peer_behind():
+            return False
+        self.paced = True
+        pacer.hold(self._release)
+        return True
+
+    def _release(self) -> None:
+        self.paced = False
+        self._send()
+
+    def _send(self) -> None:
+        sink = self.sink
+        assert sink is not None
+        try:
+            if not sink.sendable():
+                return
+            session = self.session
+            frames = session.take()
+            if not frames:
+                return
+            if session.taken_commit_ms:
+                lag_tally.add(self.state.metrics.commit_to_send, session.taken_commit_ms, self.state.hub)
+            if self.out is not None:
+                self.out += frames
+            elif self.state.hub.defer(self._write_out):
+                self.out = frames
+            else:
+                sink.write_texts(frames)
+                self.written_at = self.state.pacer.stamp()
+        except Exception as exc:
+            self._broken(exc)
+
+    def _write_out(self) -> None:
+        """The frames deferred to the end of a fan-out pass (nothing can close or pause the transport
+        between their take() and this: the pass runs without a switch)."""
+        out, self.out = self.out, None
+        try:
+            if out and self.sink is not None:
+                self.sink.write_texts(out)
+                self.written_at = self.state.pacer.stamp()
+        except Exception as exc:
+            self._broken(exc)
+
+    def _broken(self, exc: Exception) -> None:
+        self.session.wake = _nothing  # closing: nothing more is written
+        self._failed("writer", exc)
+
     async def _writer(self) -> None:
+        assert self.wake is not None
         while True:
             await self.wake.wait()
             for frame in self.session.take():
@@ -212,6 +383,8 @@ class Connection:
 
     def _start_await(self, request: protocol.Await) -> None:
         tx_id = parse_token(request.token, request.id)
+        if self.awaits is None:
+            self.awaits = set()
         if len(self.awaits) >= self.state.settings.max_awaits_per_connection:
             raise ProtocolError(E.TOO_MANY_AWAITS, "too many pending awaits on this connection", request.id)
         task = asyncio.create_task(self._await(request, tx_id), name=f"await-{self.session.conn_id}")

@@ -1,0 +1,235 @@
+"""uvicorn's sans-I/O websockets protocol with a direct write path for the gateway's frames.
+
+ASGI makes every frame a coroutine chain (Starlette -> uvicorn `send` -> websockets `send_text` ->
+transport) and needs a task to await it. Fan-out sends the same small text frame to thousands of
+connections, so this protocol offers the app, as the ASGI extension `freshwire.sink` in the scope of an
+accepted connection, a synchronous path instead: `sendable()` says whether a write would go out now
+(the connection is open and its transport is below its write-buffer high-water mark), `write_texts()`
+writes whole text frames to the transport (each frame encoded once, whoever it goes to), and
+`on_writable()` registers the callback run when a paused transport drains. Everything else (the
+handshake, pings, closes, reads) is uvicorn's, unchanged; the app keeps its plain ASGI path where the
+extension is absent (another server, Starlette's TestClient).
+
+Frames written here are whole frames, written between the protocol's own writes on the one event loop,
+so they never interleave with a control frame. With permessage-deflate negotiated they go through the
+websockets protocol (compression needs its state), a little slower.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import socket
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.frames import Opcode
+from websockets.http11 import Request
+from websockets.protocol import Protocol, State
+
+SINK_EXTENSION = "freshwire.sink"
+FRAME_CACHE_SIZE = 1024  # frames fan-out sends to many connections: encoded once each
+# Bytes the kernel may hold unsent per connection (TCP_NOTSENT_LOWAT). Without it the send buffer
+# autotunes up to net.ipv4.tcp_wmem's maximum (4 MB by default) for a client that stops reading, all of
+# it already-encoded frames the gateway can no longer coalesce; with it the kernel refuses more once
+# this much waits, the transport buffers the rest and pauses, and the Session coalesces from there.
+NOTSENT_LOWAT_BYTES = 16384
+# A client counts as reading behind once the receive window it advertises has shrunk this far below the
+# largest it advertised: bytes it left unread (each small frame costs its receive buffer ~1 KB of
+# kernel bookkeeping, so this is a few dozen frames). Read from TCP_INFO's tcpi_snd_wnd (Linux 6.2+).
+PEER_UNREAD_BYTES = 16384
+TCP_INFO_SND_WND = 228  # offset of tcpi_snd_wnd (u32) in struct tcp_info (linux/tcp.h)
+TCP_INFO_LEN = TCP_INFO_SND_WND + 4
+
+
+@functools.lru_cache(maxsize=FRAME_CACHE_SIZE)
+def text_frame(text: str) -> bytes:
+    """`text` as one unmasked, final WebSocket text frame (RFC 6455 5.2), as a server sends it."""
+    payload = text.encode()
+    n = len(payload)
+    head = bytes((0x80 | Opcode.TEXT.value,))
+    if n < 126:
+        return head + bytes((n,)) + payload
+    if n < 1 << 16:
+        return head + bytes((126,)) + n.to_bytes(2, "big") + payload
+    return head + bytes((127,)) + n.to_bytes(8, "big") + payload
+
+
+class Inbox:
+    """What uvicorn uses of its asyncio.Queue of received events, without its three deques (~2.3 KB per
+    connection): a list, and the futures of the receive() calls waiting on it."""
+
+    __slots__ = ("items", "waiters")
+
+    def __init__(self) -> None:
+        self.items: list[Any] = []
+        self.waiters: list[asyncio.Future[None]] | None = None
+
+    def put_nowait(self, item: Any) -> None:
+        self.items.append(item)
+        _wake_first(self.waiters)
+
+    def empty(self) -> bool:
+        return not self.items
+
+    async def get(self) -> Any:
+        while not self.items:
+            if self.waiters is None:
+                self.waiters = []
+            await _wait(self.waiters)
+        item = self.items.pop(0)
+        if self.items:
+            _wake_first(self.waiters)  # a receive() still waiting gets the next one
+        return item
+
+
+class Flag:
+    """What uvicorn uses of its asyncio.Event `writable` (set, clear, is_set, wait), without the Event's
+    deque (~0.8 KB per connection)."""
+
+    __slots__ = ("value", "waiters")
+
+    def __init__(self, value: bool) -> None:
+        self.value = value
+        self.waiters: list[asyncio.Future[None]] | None = None
+
+    def set(self) -> None:
+        self.value = True
+        waiters, self.waiters = self.waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def clear(self) -> None:
+        self.value = False
+
+    def is_set(self) -> bool:
+        return self.value
+
+    async def wait(self) -> bool:
+        while not self.value:
+            if self.waiters is None:
+                self.waiters = []
+            await _wait(self.waiters)
+        return True
+
+
+async def _wait(waiters: list[asyncio.Future[None]]) -> None:
+    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    waiters.append(future)
+    try:
+        await future
+    finally:
+        if future in waiters:
+            waiters.remove(future)
+
+
+def _wake_first(waiters: list[asyncio.Future[None]] | None) -> None:
+    for waiter in waiters or ():
+        if not waiter.done():
+            waiter.set_result(None)
+            return
+
+
+class FreshwireWebSocketProtocol(WebSocketsSansIOProtocol):
+    """`python -m gateway`'s WebSocket protocol (uvicorn `ws=`): uvicorn's, plus `freshwire.sink`, and
+    lighter per connection (the gateway holds 20,000 of them): no deques, and the handshake's request
+    and response are dropped once it is done."""
+
+    drained: Callable[[], None] | None = None
+    paused = False  # the transport's write buffer is above its high-water mark
+    peer_window_max = 0  # the largest receive window the client advertised (0: not known)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.queue = Inbox()  # type: ignore[assignment]
+        self.writable = Flag(True)  # type: ignore[assignment]
+
+    async def send(self, message: Any) -> None:
+        await super().send(message)
+        if self.handshake_complete and getattr(self, "response", None) is not None:
+            self._forget_handshake()
+
+    def _forget_handshake(self) -> None:
+        """Drop what only the handshake reads (~3 KB; the connection lives on for hours): uvicorn's
+        request and response, and the websockets parser that still holds the request in its frame. It
+        is swapped for the frame parser it runs from now on (as websockets itself swaps parsers), only
+        while nothing of a frame is buffered, so the new one starts exactly where the old one stood."""
+        self.request = None  # type: ignore[assignment]
+        self.response = None  # type: ignore[assignment]
+        conn = self.conn
+        if conn.state is State.OPEN and not conn.reader.buffer and conn.parser_exc is None:
+            parser = Protocol.parse(conn)
+            next(parser)
+            conn.parser = parser
+
+    def handle_connect(self, event: Request) -> None:
+        super().handle_connect(event)
+        if self.response.status_code == 101:  # the app task is created, not started: it sees the extension
+            extensions: dict[str, object] = self.scope["extensions"]  # type: ignore[assignment]
+            extensions[SINK_EXTENSION] = self
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            with contextlib.suppress(OSError, AttributeError):  # not Linux/macOS: the kernel's default
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, NOTSENT_LOWAT_BYTES)
+        self.peer_behind()  # learns the client's first receive window, the reference until a larger one
+
+    # -- the sink
+    def sendable(self) -> bool:
+        """True when a frame written now goes out in order: accepted (the app asks only after that), no
+        close sent (by the app, a keepalive timeout or a protocol error) or received (the transport is
+        then closing), and the transport below its high-water mark (not paused)."""
+        return not (self.paused or self.close_sent or self.transport.is_closing()) and self.conn.state is State.OPEN
+
+    def write_texts(self, texts: list[str]) -> None:
+        """Whole text frames, in order; call only when sendable()."""
+        if self.conn.extensions:
+            for text in texts:
+                self.conn.send_text(text.encode())
+            self.transport.write(b"".join(self.conn.data_to_send()))
+        elif len(texts) == 1:
+            self.transport.write(text_frame(texts[0]))
+        else:
+            self.transport.write(b"".join(map(text_frame, texts)))
+
+    def peer_behind(self) -> bool:
+        """True when the client has left data unread: the receive window it advertises is more than
+        PEER_UNREAD_BYTES below the largest it advertised. Also True where the kernel does not say
+        (not Linux 6.2+, not TCP): the caller then paces as if it were behind."""
+        sock = self.transport.get_extra_info("socket")
+        try:
+            info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TCP_INFO_LEN)
+        except (OSError, AttributeError):
+            return True
+        if len(info) < TCP_INFO_LEN:
+            return True
+        window = int.from_bytes(info[TCP_INFO_SND_WND:TCP_INFO_LEN], sys.byteorder)
+        if window > self.peer_window_max:
+            self.peer_window_max = window
+        return window < self.peer_window_max - PEER_UNREAD_BYTES
+
+    def on_writable(self, callback: Callable[[], None] | None) -> None:
+        self.drained = callback
+
+    # -- uvicorn's callbacks, extended
+    def pause_writing(self) -> None:
+        self.paused = True
+        super().pause_writing()
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        super().resume_writing()
+        if self.drained is not None:
+            self.drained()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.drained = None
+        super().connection_lost(exc)
+
+
