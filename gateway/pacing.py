@@ -1,14 +1,13 @@
-"""Write pacing: a connection whose client reads behind is written at most once per `write_interval_ms`.
+"""Write pacing: each connection writes at most once per `write_interval_ms`.
 
-Fan-out can offer a connection a change every millisecond. A client that parses each frame as it
-comes keeps up, and gets each at once. A client that does not (a process holding many busy
-connections, a server-side renderer, a throttled tab) falls behind, and its lag hides in the socket
-buffers, where the gateway cannot coalesce it. So a connection that wrote less than the interval ago,
-and whose client has left bytes unread (the receive window it advertises has shrunk: Sink.peer_behind),
-waits: what arrives meanwhile is coalesced in its Session, per key to the newest version, and goes out
-in one invalidate when one shared timer fires. A connection quiet for the interval, or whose client is
-keeping up, writes at once; replies (`pong`, `subscribed`, `visible`, ...) are never held. One timer for
-all waiting connections, one entry per connection at most.
+Fan-out can offer a connection a change every millisecond, and writing each at once makes the client
+parse a frame per change: a client process holding many connections (a server-side renderer, a
+proxy, a busy browser tab) then falls behind, and its lag hides in the socket buffers, where the
+gateway cannot coalesce it (they hold megabytes before the transport pauses). A connection that wrote
+less than the interval ago therefore waits: what arrives meanwhile is coalesced in its Session, per
+key to the newest version, and goes out in one invalidate when one shared timer fires. A connection
+that has been quiet for the interval writes at once, and replies (`pong`, `subscribed`, `visible`, ...)
+are never held. One timer for all waiting connections, one entry per connection at most.
 """
 
 from __future__ import annotations

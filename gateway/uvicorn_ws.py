@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import functools
 import socket
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -37,12 +36,6 @@ FRAME_CACHE_SIZE = 1024  # frames fan-out sends to many connections: encoded onc
 # it already-encoded frames the gateway can no longer coalesce; with it the kernel refuses more once
 # this much waits, the transport buffers the rest and pauses, and the Session coalesces from there.
 NOTSENT_LOWAT_BYTES = 16384
-# A client counts as reading behind once the receive window it advertises has shrunk this far below the
-# largest it advertised: bytes it left unread (each small frame costs its receive buffer ~1 KB of
-# kernel bookkeeping, so this is a few dozen frames). Read from TCP_INFO's tcpi_snd_wnd (Linux 6.2+).
-PEER_UNREAD_BYTES = 16384
-TCP_INFO_SND_WND = 228  # offset of tcpi_snd_wnd (u32) in struct tcp_info (linux/tcp.h)
-TCP_INFO_LEN = TCP_INFO_SND_WND + 4
 
 
 @functools.lru_cache(maxsize=FRAME_CACHE_SIZE)
@@ -141,7 +134,6 @@ class FreshwireWebSocketProtocol(WebSocketsSansIOProtocol):
 
     drained: Callable[[], None] | None = None
     paused = False  # the transport's write buffer is above its high-water mark
-    peer_window_max = 0  # the largest receive window the client advertised (0: not known)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -178,7 +170,6 @@ class FreshwireWebSocketProtocol(WebSocketsSansIOProtocol):
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             with contextlib.suppress(OSError, AttributeError):  # not Linux/macOS: the kernel's default
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, NOTSENT_LOWAT_BYTES)
-        self.peer_behind()  # learns the client's first receive window, the reference until a larger one
 
     # -- the sink
     def sendable(self) -> bool:
@@ -197,22 +188,6 @@ class FreshwireWebSocketProtocol(WebSocketsSansIOProtocol):
             self.transport.write(text_frame(texts[0]))
         else:
             self.transport.write(b"".join(map(text_frame, texts)))
-
-    def peer_behind(self) -> bool:
-        """True when the client has left data unread: the receive window it advertises is more than
-        PEER_UNREAD_BYTES below the largest it advertised. Also True where the kernel does not say
-        (not Linux 6.2+, not TCP): the caller then paces as if it were behind."""
-        sock = self.transport.get_extra_info("socket")
-        try:
-            info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TCP_INFO_LEN)
-        except (OSError, AttributeError):
-            return True
-        if len(info) < TCP_INFO_LEN:
-            return True
-        window = int.from_bytes(info[TCP_INFO_SND_WND:TCP_INFO_LEN], sys.byteorder)
-        if window > self.peer_window_max:
-            self.peer_window_max = window
-        return window < self.peer_window_max - PEER_UNREAD_BYTES
 
     def on_writable(self, callback: Callable[[], None] | None) -> None:
         self.drained = callback

@@ -70,8 +70,6 @@ class Sink(Protocol):
 
     def write_texts(self, texts: list[str]) -> None: ...
 
-    def peer_behind(self) -> bool: ...
-
     def on_writable(self, callback: Callable[[], None] | None) -> None: ...
 
 
@@ -281,7 +279,7 @@ class Connection:
         if self.paced:
             return True
         pacer = self.state.pacer
-        if not pacer.too_soon(self.written_at) or self.sink is None or not self.sink.peer_behind():
+        if not pacer.too_soon(self.written_at):
             return False
         self.paced = True
         pacer.hold(self._release)
