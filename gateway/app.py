@@ -186,7 +186,6 @@ def create_app(settings: GatewaySettings | None = None, backend: Backend | None 
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-            state.pacer.close()
             await state.backend.stop()
             await state.verifier.aclose()
 

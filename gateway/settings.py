@@ -36,14 +36,11 @@ class GatewaySettings:
     max_awaits_per_connection: int = 100            # pending awaits per WebSocket connection
     await_max_ms: int = 30000                       # longest timeout_ms an await or /v1/wait accepts
     max_stream_stall_s: float = 30.0                # /readyz fails when the watermark has not moved this long (0: off)
-    write_interval_ms: float = 5.0                  # a connection writes at most once per this (0: off);
-    #                                                 changes arriving meanwhile coalesce (gateway/pacing.py)
     resync_chunk: int = 1000                        # keys per version read when resyncing after a Redis outage
     per_message_deflate: bool = False
     dev_mode: bool = False                          # accept the published development secret (make up sets it)
 
 
-MAX_WRITE_INTERVAL_MS = 1000.0  # pacing is for coalescing bursts, not for hiding changes
 JWKS_TIMING = ("jwks_timeout_s", "jwks_refresh_s", "jwks_retry_s", "jwks_unknown_kid_s")
 
 # The secret the README, the demo and `make up` use. Anyone can mint tokens for "*" with it, so a
@@ -61,9 +58,6 @@ def load_gateway_settings(overrides: dict[str, str] | None = None) -> GatewaySet
     for name in JWKS_TIMING:
         if not 0 < getattr(settings, name) < math.inf:  # also refuses nan
             raise SettingsError(f"FRESHWIRE_{name.upper()} must be a finite number of seconds above 0")
-    if not 0 <= settings.write_interval_ms <= MAX_WRITE_INTERVAL_MS:  # also refuses nan
-        raise SettingsError("FRESHWIRE_WRITE_INTERVAL_MS must be a number of milliseconds from 0 to "
-                            f"{MAX_WRITE_INTERVAL_MS:g}")
     if settings.jwt_secret == DEV_SECRET and not settings.dev_mode:
         raise SettingsError("FRESHWIRE_JWT_SECRET is the published development secret: anyone can mint tokens "
                             "with it. Set a secret of your own (e.g. `openssl rand -hex 32`), or "

@@ -9,7 +9,6 @@ from gateway.awaits import Awaits
 from gateway.backend import Backend
 from gateway.hub import Hub
 from gateway.metrics import GatewayMetrics
-from gateway.pacing import WritePacer
 from gateway.pump import Pump
 from gateway.settings import GatewaySettings
 
@@ -23,10 +22,8 @@ class GatewayState:
     metrics: GatewayMetrics = field(init=False)
     awaits: Awaits = field(init=False)
     pump: Pump = field(init=False)
-    pacer: WritePacer = field(init=False)
 
     def __post_init__(self) -> None:
         self.awaits = Awaits(self.settings.max_awaits)
         self.metrics = GatewayMetrics(self.hub, self.awaits)
         self.pump = Pump(self.backend, self.hub, self.awaits, self.metrics, self.settings.resync_chunk)
-        self.pacer = WritePacer(self.settings.write_interval_ms / 1000, self.hub)

@@ -177,8 +177,7 @@ class Connection:
     has one (written at once while the transport takes them, the Session coalescing what waits while
     it is paused), else through ASGI `send` from a writer task of their own."""
 
-    __slots__ = ("awaits", "ending", "grant", "out", "paced", "rate", "session", "sink", "state", "wake", "written_at",
-                 "ws")
+    __slots__ = ("awaits", "ending", "grant", "out", "rate", "session", "sink", "state", "wake", "ws")
 
     def __init__(self, ws: WebSocket, state: GatewayState, session: Session, grant: Grant,
                  sink: Sink | None = None) -> None:
@@ -188,8 +187,6 @@ class Connection:
         self.awaits: set[asyncio.Task[None]] | None = None  # made by the first await
         self.wake = Wake() if sink is None else None
         self.out: list[str] | None = None  # frames taken during a fan-out pass, written at its end
-        self.written_at = 0.0  # when frames were last written (time.monotonic(); see gateway/pacing.py)
-        self.paced = False  # waiting for the pacer to release it
         session.wake = self._flush if sink is not None else self.wake.set  # type: ignore[union-attr]
 
     async def run(self) -> None:
@@ -264,32 +261,9 @@ class Connection:
 
     def _flush(self) -> None:
         """The Session's wake-up with a Sink: take what it has now and write it (at the end of the hub's
-        fan-out pass when one runs, so the pass costs one write per connection), unless the connection
-        wrote less than the write interval ago (the pacer releases it then) or the transport is paused
-        (the Sink calls this again once it drains): meanwhile the Session keeps it, coalescing. Runs
-        inside fan-out and request handling: never raises into them."""
-        if self.out is None and self._waits_for_pacer():
-            return
-        self._send()
-
-    def _waits_for_pacer(self) -> bool:
-        session = self.session
-        if session.controls or session.trailing:  # replies go at once, with whatever is pending
-            return False
-        if self.paced:
-            return True
-        pacer = self.state.pacer
-        if not pacer.too_soon(self.written_at):
-            return False
-        self.paced = True
-        pacer.hold(self._release)
-        return True
-
-    def _release(self) -> None:
-        self.paced = False
-        self._send()
-
-    def _send(self) -> None:
+        fan-out pass when one runs, so the pass costs one write per connection), unless the transport
+        is paused: then the Session keeps it, coalescing, and the Sink calls this again once it
+        drains. Runs inside fan-out and request handling: never raises into them."""
         sink = self.sink
         assert sink is not None
         try:
@@ -307,7 +281,6 @@ class Connection:
                 self.out = frames
             else:
                 sink.write_texts(frames)
-                self.written_at = self.state.pacer.stamp()
         except Exception as exc:
             self._broken(exc)
 
@@ -318,7 +291,6 @@ class Connection:
         try:
             if out and self.sink is not None:
                 self.sink.write_texts(out)
-                self.written_at = self.state.pacer.stamp()
         except Exception as exc:
             self._broken(exc)
 

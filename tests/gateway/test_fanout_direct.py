@@ -24,10 +24,9 @@ from gateway import errors as E
 from gateway.app import create_app
 from gateway.auth import Grant
 from gateway.backend_memory import MemoryBackend
-from gateway.errors import SettingsError
 from gateway.pump import DELIVER_EACH
 from gateway.session import Session
-from gateway.settings import GatewaySettings, load_gateway_settings
+from gateway.settings import GatewaySettings
 from gateway.state import GatewayState
 from gateway.uvicorn_ws import NOTSENT_LOWAT_BYTES, Flag, Inbox, text_frame
 from gateway.ws import Connection
@@ -58,11 +57,8 @@ class FakeWebSocket:
     client_state = application_state = None
 
 
-def rig(keys: tuple[str, ...] = ("k",), write_interval_ms: float = 0.0
-        ) -> tuple[GatewayState, Session, FakeSink, Connection]:
-    """One connection on a Sink; pacing off unless asked (the pacer's tests need a running loop)."""
-    settings = GatewaySettings(jwt_secret=SECRET, redis_url="memory://", write_interval_ms=write_interval_ms)
-    app = create_app(settings, backend=MemoryBackend())
+def rig(keys: tuple[str, ...] = ("k",)) -> tuple[GatewayState, Session, FakeSink, Connection]:
+    app = create_app(GatewaySettings(jwt_secret=SECRET, redis_url="memory://"), backend=MemoryBackend())
     state: GatewayState = app.state.fw
     session = Session("c1")
     sink = FakeSink()
@@ -240,101 +236,13 @@ async def test_fanout_real_socket_fast_reader_gets_every_version_in_order_throug
         assert json.loads(await asyncio.wait_for(ws.recv(), 5)) == {"type": "pong", "id": 2}
 
 
-PACE_MS = 40.0
-
-
-async def paced_rig(keys: tuple[str, ...] = ("k",)) -> tuple[GatewayState, Session, FakeSink, Connection]:
-    """rig() with pacing on, once the `subscribed` reply's write is an interval old."""
-    parts = rig(keys, PACE_MS)
-    await asyncio.sleep(PACE_MS / 1000 * 1.5)
-    return parts
-
-
-async def test_pacing_a_connection_writes_at_most_once_per_interval_coalescing_meanwhile() -> None:
-    """The first change goes out at once; the ones arriving within the interval wait, coalesced per
-    key, and go out in one invalidate when the pacer fires; a quiet connection then writes at once."""
-    state, session, sink, _conn = await paced_rig(("k", "j"))
-    state.pump.release([published(1)])
-    assert sink.writes == [[{"type": "invalidate", "keys": {"k": ver(1)}}]]
-    state.pump.release([published(2)])
-    state.pump.release([published(3, ("k", "j"))])
-    assert sink.writes[1:] == [] and session.pending == {"k": ver(3), "j": ver(3)} and session.coalesced == 1
-    await asyncio.sleep(PACE_MS / 1000 * 2)
-    assert sink.writes[1:] == [[{"type": "invalidate", "keys": {"k": ver(3), "j": ver(3)}}]]
-    assert not session.pending and not state.pacer.waiting
-    await asyncio.sleep(PACE_MS / 1000 * 1.5)
-    state.pump.release([published(4)])
-    assert sink.writes[2:] == [[{"type": "invalidate", "keys": {"k": ver(4)}}]]
-
-
-async def test_pacing_never_holds_a_reply() -> None:
-    """A reply while changes wait: written at once, after those changes (take() order), and the pacer
-    then finds nothing left."""
-    state, session, sink, _conn = await paced_rig()
-    state.pump.release([published(1)])
-    state.pump.release([published(2)])
-    assert len(sink.writes) == 1
-    session.control('{"type": "pong", "id": 7}')
-    assert sink.writes[1:] == [[{"type": "pong", "id": 7}, {"type": "invalidate", "keys": {"k": ver(2)}}]]
-    await asyncio.sleep(PACE_MS / 1000 * 2)
-    assert len(sink.writes) == 2 and not session.pending
-
-
-async def test_pacing_release_after_the_transport_closed_writes_nothing() -> None:
-    state, session, sink, _conn = await paced_rig()
-    state.pump.release([published(1)])
-    state.pump.release([published(2)])
-    sink.open = False  # closed meanwhile
-    await asyncio.sleep(PACE_MS / 1000 * 2)
-    assert len(sink.writes) == 1 and session.pending == {"k": ver(2)} and not state.pacer.waiting
-    state.pacer.close()
-
-
-async def test_pacing_one_timer_for_every_waiting_connection() -> None:
-    state, _session, sink, conn = await paced_rig()
-    other = Session("c2")
-    other_sink = FakeSink()
-    other_conn = Connection(FakeWebSocket(), state, other, Grant("t", ("*",), time.time() + 3600),  # type: ignore[arg-type]
-                            other_sink)
-    state.hub.register(other)
-    state.hub.add(other, other.begin_subscribe(["k"]))
-    other.finish_subscribe(1, {"k": None}, {}, None)
-    await asyncio.sleep(PACE_MS / 1000 * 1.5)  # its `subscribed` write an interval old too
-    state.pump.release([published(1)])
-    state.pump.release([published(2)])
-    assert state.pacer.waiting == [conn._release, other_conn._release]
-    handle = state.pacer.handle
-    state.pump.release([published(3)])
-    assert state.pacer.handle is handle and len(state.pacer.waiting) == 2  # one entry per connection
-    await asyncio.sleep(PACE_MS / 1000 * 2)
-    for writes in (sink.writes, other_sink.writes):
-        assert writes[-1] == [{"type": "invalidate", "keys": {"k": ver(3)}}]
-
-
-@pytest.mark.parametrize("value", ["-1", "nan", "1001", "soon"])
-def test_write_interval_setting_is_refused_out_of_range(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
-    monkeypatch.setenv("FRESHWIRE_JWT_SECRET", "4b1d" * 16)
-    monkeypatch.setenv("FRESHWIRE_WRITE_INTERVAL_MS", value)
-    with pytest.raises(SettingsError, match="FRESHWIRE_WRITE_INTERVAL_MS"):
-        load_gateway_settings()
-
-
-def test_write_interval_zero_turns_pacing_off(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("FRESHWIRE_JWT_SECRET", "4b1d" * 16)
-    monkeypatch.setenv("FRESHWIRE_WRITE_INTERVAL_MS", "0")
-    state, _session, sink, _conn = rig(("k",), load_gateway_settings().write_interval_ms)
-    for n in range(1, 4):
-        state.pump.release([published(n)])
-    assert len(sink.writes) == 3 and not state.pacer.waiting
-
-
 async def test_fanout_a_stalled_reader_costs_a_bounded_backlog_then_coalesces() -> None:
     """A client that stops reading: the kernel takes at most NOTSENT_LOWAT_BYTES unsent for it beyond
     what the client's receive window admits (not the megabytes the send buffer autotunes to), the
     transport pauses soon after, and from then on its changes coalesce in its Session: of 60,000
     versions, one pass each (~3.3 MB of frames), the kernel is handed well under 1 MB."""
     backend = MemoryBackend()
-    async with serve(backend, write_interval_ms=0) as (url, state), \
+    async with serve(backend) as (url, state), \
             connect(f"{url}?token={token()}", subprotocols=[Subprotocol("freshwire.v1")], max_queue=16) as ws:
         await ws.send(json.dumps({"op": "subscribe", "id": 1, "keys": ["k"]}))
         assert json.loads(await ws.recv())["type"] == "subscribed"
