@@ -38,6 +38,9 @@ class GatewaySettings:
     max_stream_stall_s: float = 30.0                # /readyz fails when the watermark has not moved this long (0: off)
     resync_chunk: int = 1000                        # keys per version read when resyncing after a Redis outage
     per_message_deflate: bool = False
+    direct_writes: bool = False                     # fan-out writes frames without a writer task per connection
+    #                                                 (gateway/uvicorn_ws.py): faster to many fast readers, worse for
+    #                                                 a client holding many busy connections (docs/tuning.md)
     dev_mode: bool = False                          # accept the published development secret (make up sets it)
 
 

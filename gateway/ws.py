@@ -52,7 +52,7 @@ async def endpoint(ws: WebSocket) -> None:
     session = Session(f"c{next(_ids)}", state.settings.control_queue, None, state.settings.max_data_bytes)
     state.hub.register(session)
     log.info("[%s] open sub=%s", session.conn_id, grant.subject)
-    conn = Connection(ws, state, session, grant, sink_of(ws))
+    conn = Connection(ws, state, session, grant, sink_of(ws) if state.settings.direct_writes else None)
     try:
         await conn.run()
     finally:
