@@ -2,8 +2,10 @@
 
 Fan-out never awaits a client: it updates each subscriber's Session (coalescing) and then wakes the
 connection once per released batch, after every key of the batch is offered, so a connection gets one
-invalidate per batch. Waking writes at once when the connection's transport takes it (gateway/ws.py),
-else the Session keeps the change, coalesced, until the transport drains.
+invalidate per batch. By default waking sets the connection's writer task going, and what arrives
+before it runs coalesces in the Session; with FRESHWIRE_DIRECT_WRITES waking writes at once when the
+connection's transport takes it, else the Session keeps the change, coalesced, until the transport
+drains (gateway/ws.py).
 """
 
 from __future__ import annotations

@@ -173,9 +173,10 @@ class Ending:
 
 
 class Connection:
-    """One connection's I/O shell around its Session. Frames go out through the server's Sink when it
-    has one (written at once while the transport takes them, the Session coalescing what waits while
-    it is paused), else through ASGI `send` from a writer task of their own."""
+    """One connection's I/O shell around its Session. Frames go out through ASGI `send` from a writer
+    task of their own, or, with FRESHWIRE_DIRECT_WRITES and a server offering a Sink, through the Sink
+    (written at once while the transport takes them, the Session coalescing what waits while it is
+    paused)."""
 
     __slots__ = ("awaits", "ending", "grant", "out", "rate", "session", "sink", "state", "wake", "ws")
 
