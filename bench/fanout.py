@@ -3,7 +3,7 @@ connection, and invalidations delivered per second to many subscribers of one ke
 against a minimal python-websockets `broadcast()` server (bench/ref_broadcast.py) in the same run.
 
     .venv/bin/python -m bench.fanout [--connections 20000] [--subscribers 1000,5000] [--seconds 10]
-                                     [--rate 100] [--client-procs 4] [--keys-per-connection 2]
+                                     [--rate 100] [--client-procs 4] [--keys-per-connection 2] [--direct-writes]
 
 What runs, all on 127.0.0.1 and on private ports (Redis 16679, gateway 18380, reference 18381, state
 in /tmp/fw-fanout): redis-server (Debian's, through connectors/services), the real gateway
@@ -36,7 +36,8 @@ allowed); connection counts are capped at what fits under it. `--profile` record
 py-spy during each publish phase. Prints tables, each target beside its figure ("fan-out 1,000 subs:
 0.93x reference (target >= 1x): missed"), and the server's CPU time per frame (which, unlike
 deliveries/s, does not depend on the share of a busy machine each server got); writes
-bench/results/fanout.json (targets and verdicts under "targets") and fanout.png.
+bench/results/fanout.json (targets and verdicts under "targets") and fanout.png; with --direct-writes
+(the gateway runs with FRESHWIRE_DIRECT_WRITES=1) fanout-direct.json and fanout-direct.png.
 Bounded by `--timeout` overall; stops only the processes it started.
 """
 
@@ -224,7 +225,8 @@ def start_rig(rig: Rig, nofile: int) -> None:
     most = max([args.connections, *counts(args.subscribers)])  # above every phase's count: no 4013
     gateway = services.gateway_proc(s)
     gateway.env.update({"FRESHWIRE_JWT_SECRET": SECRET, "FRESHWIRE_REDIS_URL": s.redis_url,
-                        "FRESHWIRE_MAX_CONNECTIONS": str(most + max(most // 10, 100))})
+                        "FRESHWIRE_MAX_CONNECTIONS": str(most + max(most // 10, 100)),
+                        "FRESHWIRE_DIRECT_WRITES": "1" if args.direct_writes else "0"})
     rig.start(gateway)
     ref_port = args.reference_port
     rig.start(procs.Proc(
@@ -422,7 +424,8 @@ def ratios(rows: list[dict[str, Any]]) -> dict[str, float]:
             for (target, subs) in by if target == "freshwire" and by.get(("reference", subs))}
 
 
-def plot(connections: list[dict[str, Any]], fanout: list[dict[str, Any]], ratio: dict[str, float]) -> None:
+def plot(connections: list[dict[str, Any]], fanout: list[dict[str, Any]], ratio: dict[str, float],
+         name: str) -> None:
     plt = report.pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     subs = sorted({r["subscribers"] for r in fanout})
@@ -445,7 +448,7 @@ def plot(connections: list[dict[str, Any]], fanout: list[dict[str, Any]], ratio:
     right.set_title("memory per connection (RSS)")
     right.set_ylabel("KB per connection")
     right.legend()
-    report.save_figure(fig, "fanout")
+    report.save_figure(fig, name)
 
 
 # ---------------------------------------------------------------- main
@@ -465,6 +468,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drain-timeout", type=float, default=120.0,
                         help="longest wait, after publishing, for every subscriber to get the last version")
     parser.add_argument("--client-procs", type=int, default=4)
+    parser.add_argument("--direct-writes", action="store_true",
+                        help="run the gateway with FRESHWIRE_DIRECT_WRITES=1; results go to fanout-direct.json/.png")
     parser.add_argument("--redis-port", type=int, default=16679)
     parser.add_argument("--gateway-port", type=int, default=18380)
     parser.add_argument("--reference-port", type=int, default=18381)
@@ -513,14 +518,15 @@ def main(argv: list[str] | None = None) -> int:
         value = f"{t['value']:.2f}x reference" if t["unit"] == "x reference" else (
             f"{t['value']:.1f} KB" if t["unit"] == "KB" else f"{t['value']:,}")
         print(f"{t['name']}: {value} (target {t['target']}): {t['verdict']}")
-    report.write_json("fanout", {
+    name = "fanout-direct" if args.direct_writes else "fanout"
+    report.write_json(name, {
         "machine": report.machine_info(), "settings": {**vars(args), "rlimit_nofile": nofile,
                                                        "rlimit_nofile_wanted": wanted},
         "connections": connections, "fanout": fanout, "ratio": ratio,
         "targets": {"connections": TARGET_CONNECTIONS, "kb_per_connection": TARGET_KB_PER_CONNECTION,
                     "ratio": TARGET_RATIO, "verdicts": verdicts},
     })
-    plot(connections, fanout, ratio)
+    plot(connections, fanout, ratio, name)
     return 0
 
 

@@ -280,20 +280,34 @@ def tcp_sockets() -> dict[str, tuple[int, int, str]]:
     return found
 
 
-def socket_peers(pid: int, ports: dict[int, str]) -> dict[str, int]:
-    """A process's TCP sockets by peer (`ports` names the well-known ones) and state: which grows."""
-    sockets, peers = tcp_sockets(), Counter[str]()
+def socket_peers(pid: int, ports: dict[int, str], seen: dict[str, str]) -> dict[str, int]:
+    """A process's TCP sockets by peer (`ports` names the well-known ones) and state: which grows.
+
+    A connection reset by its peer (a SIGKILLed Redis) leaves the TCP tables while its fd stays open
+    until the owner next uses it: `seen` (socket inode -> peer, kept by the caller across samples)
+    still names its peer, as "<peer> closed"."""
+    sockets, peers, still_open = tcp_sockets(), Counter[str](), {}
     for fd in os.listdir(f"/proc/{pid}/fd"):
         with contextlib.suppress(OSError):
             target = os.readlink(f"/proc/{pid}/fd/{fd}")
-            if target.startswith("socket:[") and (entry := sockets.get(target[8:-1])) is not None:
+            if not target.startswith("socket:["):
+                continue
+            inode = target[8:-1]
+            if (entry := sockets.get(inode)) is not None:
                 local, remote, state = entry
                 peer = ports.get(remote) or (f"clients of :{local}" if local in ports else f"port {remote}")
+                still_open[inode] = peer
                 peers[f"{peer} {state}"] += 1
+            elif inode in seen:
+                still_open[inode] = seen[inode]
+                peers[f"{seen[inode]} closed"] += 1
+    seen.clear()  # only the sockets still open: bounded by the process's fds
+    seen.update(still_open)
     return dict(peers)
 
 
-def proc_sample(pid: int | None, ports: dict[int, str] | None = None) -> dict[str, Any] | None:
+def proc_sample(pid: int | None, ports: dict[int, str] | None = None,
+                seen: dict[str, str] | None = None) -> dict[str, Any] | None:
     if pid is None:
         return None
     try:
@@ -301,7 +315,7 @@ def proc_sample(pid: int | None, ports: dict[int, str] | None = None) -> dict[st
         return {"pid": pid, "rss_kb": procfs.status_kb(status), "fds": procfs.fd_count(pid),
                 "threads": procfs.status_kb(status, "Threads"),
                 "cpu_s": round(procfs.cpu_seconds(pid), 2), "fd_kinds": fd_kinds(pid),
-                **({"sockets": socket_peers(pid, ports)} if ports else {})}
+                **({"sockets": socket_peers(pid, ports, {} if seen is None else seen)} if ports else {})}
     except (OSError, AttributeError):
         return None
 
@@ -315,12 +329,13 @@ class Sampler:
     phase: str = "warmup"
     samples: list[Sample] = field(default_factory=list)
     churn: Churn | None = None
+    seen_sockets: dict[str, str] = field(default_factory=dict)  # the gateway's socket inode -> peer
 
     def sample(self) -> Sample:
         out: Sample = {"t": round(time.monotonic() - self.started, 1), "phase": self.phase}
         ports = {self.s.redis_port: "redis", self.gateway_port: "gateway", self.s.kafka_port: "kafka",
                  self.s.pg_port: "postgres"}
-        gateway = proc_sample(procs.recorded_pid(self.s.pids_dir, GATEWAY_NAME), ports)
+        gateway = proc_sample(procs.recorded_pid(self.s.pids_dir, GATEWAY_NAME), ports, self.seen_sockets)
         if gateway is not None:
             redis_sockets = sum(n for peer, n in gateway["sockets"].items() if peer.startswith("redis "))
             gateway.update(redis_sockets=redis_sockets, fds_but_redis=gateway["fds"] - redis_sockets)

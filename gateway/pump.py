@@ -23,10 +23,12 @@ log = logging.getLogger(__name__)
 RESTART_S = 0.5
 MAX_GATHER = 1000  # released batches handed to the hub in one pass at most
 # A pass of at most this many batches delivers every one of them (each connection writes once per pass,
-# however many frames that is). A longer one means the gateway is behind: it is cut into DELIVER_EACH
-# runs of consecutive batches, each delivered once per key at its newest version (Hub.deliver_many), so
-# a pass costs at most DELIVER_EACH batches' worth of work and one write per connection, whatever the
-# backlog, and the newest version goes out in the same pass.
+# however many frames that is). A longer one means the gateway is behind. With writer tasks (the
+# default) nothing is written inside a pass, so a Session keeps only each key's newest version anyway:
+# the pass is delivered once per key at its newest version (Hub.deliver_many). With direct writes every
+# frame a pass gives a connection goes out in its one write, so the pass is cut into DELIVER_EACH runs
+# of consecutive batches, each coalesced per key: at most DELIVER_EACH batches' worth of work and one
+# write per connection, whatever the backlog, and the newest version goes out in the same pass.
 DELIVER_EACH = 16
 
 
@@ -49,9 +51,10 @@ class Watermark:
 
 class Pump:
     def __init__(self, backend: Backend, hub: Hub, awaits: Awaits, metrics: GatewayMetrics,
-                 resync_chunk: int) -> None:
+                 resync_chunk: int, direct_writes: bool = False) -> None:
         self.backend, self.hub, self.awaits, self.metrics = backend, hub, awaits, metrics
         self.resync_chunk = resync_chunk
+        self.runs_when_behind = DELIVER_EACH if direct_writes else 1
         self.watermark = Watermark()
         self.alive = False
         self.error: str | None = None
@@ -80,8 +83,8 @@ class Pump:
             if len(events) <= DELIVER_EACH:
                 for event in events:
                     self.hub.deliver(event)
-            else:  # behind: DELIVER_EACH runs of consecutive batches, each coalesced per key
-                step = -(-len(events) // DELIVER_EACH)
+            else:  # behind: runs_when_behind runs of consecutive batches, each coalesced per key
+                step = -(-len(events) // self.runs_when_behind)
                 for i in range(0, len(events), step):
                     self.hub.deliver_many(events[i:i + step])
             for event in events:

@@ -26,4 +26,5 @@ class GatewayState:
     def __post_init__(self) -> None:
         self.awaits = Awaits(self.settings.max_awaits)
         self.metrics = GatewayMetrics(self.hub, self.awaits)
-        self.pump = Pump(self.backend, self.hub, self.awaits, self.metrics, self.settings.resync_chunk)
+        self.pump = Pump(self.backend, self.hub, self.awaits, self.metrics, self.settings.resync_chunk,
+                         self.settings.direct_writes)

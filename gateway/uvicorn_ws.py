@@ -143,9 +143,9 @@ class FreshwireWebSocketProtocol(WebSocketsSansIOProtocol):
     async def send(self, message: Any) -> None:
         await super().send(message)
         if self.handshake_complete and getattr(self, "response", None) is not None:
-            self._forget_handshake()
+            self._forget_handshake_objects()
 
-    def _forget_handshake(self) -> None:
+    def _forget_handshake_objects(self) -> None:
         """Drop what only the handshake reads (~3 KB; the connection lives on for hours): uvicorn's
         request and response, and the websockets parser that still holds the request in its frame. It
         is swapped for the frame parser it runs from now on (as websockets itself swaps parsers), only

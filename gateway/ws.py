@@ -48,7 +48,7 @@ async def endpoint(ws: WebSocket) -> None:
     if len(state.hub.sessions) >= state.settings.max_connections:
         await _close(ws, state, E.CLOSE_OVER_CAPACITY, E.REASON_OVER_CAPACITY)
         return
-    _forget_handshake(ws)
+    _forget_scope_headers(ws)
     session = Session(f"c{next(_ids)}", state.settings.control_queue, None, state.settings.max_data_bytes)
     state.hub.register(session)
     log.info("[%s] open sub=%s", session.conn_id, grant.subject)
@@ -79,7 +79,7 @@ def sink_of(ws: WebSocket) -> Sink | None:
     return sink
 
 
-def _forget_handshake(ws: WebSocket) -> None:
+def _forget_scope_headers(ws: WebSocket) -> None:
     """The headers and the query (the token) are read at the handshake only, and a connection keeps its
     scope (shared with the server) for hours: drop them and Starlette's parsed copies, ~1.7 KB of the
     ~15 KB a connection costs. Nothing reads them later (the grant holds what the token said)."""

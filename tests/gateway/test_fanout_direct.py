@@ -58,7 +58,8 @@ class FakeWebSocket:
 
 
 def rig(keys: tuple[str, ...] = ("k",)) -> tuple[GatewayState, Session, FakeSink, Connection]:
-    app = create_app(GatewaySettings(jwt_secret=SECRET, redis_url="memory://"), backend=MemoryBackend())
+    settings = GatewaySettings(jwt_secret=SECRET, redis_url="memory://", direct_writes=True)
+    app = create_app(settings, backend=MemoryBackend())
     state: GatewayState = app.state.fw
     session = Session("c1")
     sink = FakeSink()
@@ -118,6 +119,21 @@ def test_fanout_long_pass_coalesces_per_key() -> None:
     for key in ("k", "j"):
         versions = [frame["keys"][key] for frame in write if key in frame["keys"]]
         assert versions == sorted(set(versions)) and versions[-1] == newest[key]
+
+
+def test_fanout_long_pass_with_writer_tasks_is_one_offer_per_key() -> None:
+    """Writer tasks (the default) write nothing inside a pass, so a long pass is not cut into runs: each
+    subscribed key is offered once, at its newest version, and the Session holds exactly that."""
+    app = create_app(GatewaySettings(jwt_secret=SECRET, redis_url="memory://"), backend=MemoryBackend())
+    state: GatewayState = app.state.fw
+    session = Session("c1")
+    state.hub.register(session)
+    state.hub.add(session, session.begin_subscribe(("k", "j")))
+    session.finish_subscribe(1, {"k": None, "j": None}, {}, None)
+    last = 3 * DELIVER_EACH + 5
+    state.pump.release([published(n, ("k",) if n % 2 else ("j",)) for n in range(1, last + 1)])
+    assert state.hub.deliveries == 2
+    assert session.pending == {"k": ver(last), "j": ver(last - 1)}
 
 
 def test_fanout_one_invalidate_per_batch_with_every_key_it_touched() -> None:
