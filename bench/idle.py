@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import latency
-from bench.procfs import CLK_TCK, machine_ticks
+from bench.procfs import CLK_TCK, descendants, machine_ticks, read_text, stat_fields
 from bench.report import machine_info, write_json
 from connectors import register, stack
 from connectors.stack_settings import StackSettings, load_stack_settings
@@ -41,11 +41,6 @@ from connectors.stack_settings import StackSettings, load_stack_settings
 IDLE_TARGET_PCT = 5.0  # the whole stack at rest, % of one core (issue #15)
 JVMS = ("kafka", "connect")
 TOP_THREADS = 8
-
-
-def stat_fields(stat: str) -> list[str]:
-    """The fields of a /proc/<pid>/stat line after the command name, `state` first."""
-    return stat.rsplit(")", 1)[1].split()
 
 
 def stat_comm(stat: str) -> str:
@@ -63,32 +58,11 @@ def tree_ticks(own: str, children: list[str]) -> int:
     return total
 
 
-def _read(path: str) -> str | None:
-    try:
-        return Path(path).read_text()
-    except OSError:
-        return None
-
-
-def descendants(pid: int) -> list[int]:
-    """Every live process below `pid`."""
-    parents: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and (stat := _read(f"/proc/{entry}/stat")) is not None:
-            parents.setdefault(int(stat_fields(stat)[1]), []).append(int(entry))
-    found, todo = [], [pid]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
 def process_seconds(pid: int) -> float:
-    own = _read(f"/proc/{pid}/stat")
+    own = read_text(f"/proc/{pid}/stat")
     if own is None:
         return 0.0
-    children = [s for c in descendants(pid) if (s := _read(f"/proc/{c}/stat")) is not None]
+    children = [s for c in descendants(pid) if (s := read_text(f"/proc/{c}/stat")) is not None]
     return tree_ticks(own, children) / CLK_TCK
 
 
@@ -100,7 +74,7 @@ def thread_ticks(pid: int) -> dict[str, int]:
     except OSError:
         return out
     for tid in tids:
-        if (stat := _read(f"/proc/{pid}/task/{tid}/stat")) is not None:
+        if (stat := read_text(f"/proc/{pid}/task/{tid}/stat")) is not None:
             f = stat_fields(stat)
             out[f"{stat_comm(stat)} ({tid})"] = int(f[11]) + int(f[12])
     return out

@@ -46,6 +46,7 @@ import psycopg
 import redis
 import websockets
 
+from bench import sched
 from bench.report import machine_info, pyplot, save_figure, summary, write_json
 from connectors import register, stack
 from connectors.stack_settings import StackSettings, load_stack_settings
@@ -234,6 +235,7 @@ class Observation:
 
     published: dict[str, tuple[str, tuple[float, ...], float]] = field(default_factory=dict)
     receipts: list[tuple[str, float]] = field(default_factory=list)
+    clients_pid: int | None = None
 
 
 @contextmanager
@@ -245,7 +247,7 @@ def observe(s: StackSettings, keys: list[str], subs: int) -> Iterator[Observatio
     ready, stop, results = ctx.Event(), ctx.Event(), ctx.Queue()
     clients = ctx.Process(target=clients_process, args=(url, keys, subs, ready, stop, results))
     clients.start()
-    seen = Observation()
+    seen = Observation(clients_pid=clients.pid)
     listening, stop_listening = threading.Event(), threading.Event()
     listener = threading.Thread(target=listen, args=(s.redis_url, listening, stop_listening, seen.published))
     listener.start()
@@ -265,13 +267,36 @@ def observe(s: StackSettings, keys: list[str], subs: int) -> Iterator[Observatio
             clients.kill()
 
 
+def census_during(s: StackSettings, seen: Observation, seconds: float, out: dict[str, Any]) -> threading.Thread:
+    """A thread taking bench/sched.py's census over the middle of a `seconds` long write phase (both
+    snapshots while the writers run: a thread that has exited no longer counts): every part of the
+    stack, the bench's writers (this process) and its WebSocket clients."""
+    roles = {**stack.running_parts(s), "bench writers": os.getpid()}
+    if seen.clients_pid is not None:
+        roles["bench clients"] = seen.clients_pid
+    margin = min(1.0, seconds / 4)
+
+    def take() -> None:
+        time.sleep(margin)
+        before, t0 = sched.snapshot(roles, frozenset({"bench writers"})), time.monotonic()
+        time.sleep(seconds - 2 * margin)
+        out.update(sched.split(before, sched.snapshot(roles, frozenset({"bench writers"})), time.monotonic() - t0))
+
+    thread = threading.Thread(target=take, daemon=True)
+    thread.start()
+    return thread
+
+
 def arm(s: StackSettings, ids: list[int], rate: float, subs: int, seconds: float) -> dict[str, Any]:
     commits: dict[str, float] = {}
+    census: dict[str, Any] = {}
     with observe(s, [f"card:{i}" for i in ids], subs) as seen:
+        taking = census_during(s, seen, seconds, census)
         write_all(s, ids, rate, seconds, commits)
+        taking.join()
     result = breakdown(commits, seen.published, seen.receipts)
     return {"rate": rate, "subscribers": subs, "writers": writers_for(rate), "transactions": len(commits),
-            "achieved_tx_per_s": round(len(commits) / seconds, 1), **result}
+            "achieved_tx_per_s": round(len(commits) / seconds, 1), **result, "cpu": census}
 
 
 def target_check(rate: float, subs: int, e2e: dict[str, float]) -> dict[str, dict[str, Any]]:
@@ -324,7 +349,8 @@ def row(name: str, a: dict[str, Any]) -> str:
     hops = " ".join(f"{h[k]['p50']:6.1f}" for k in HOPS)
     return (f"{name:<9} {a['rate']:>5.0f}/s {a['subscribers']:>4} subs  p50 {e['p50']:7.1f} p90 {e['p90']:7.1f} "
             f"p99 {e['p99']:7.1f} max {e['max']:7.1f} ms | hops p50 {hops} | {a['achieved_tx_per_s']} tx/s"
-            + (f"\n          {targets_text(a['targets'])}" if a.get("targets") else ""))
+            + (f"\n          {targets_text(a['targets'])}" if a.get("targets") else "")
+            + (f"\n          {sched.text(a['cpu'])}" if a.get("cpu") else ""))
 
 
 def main(argv: list[str] | None = None, run_arm: Callable[..., dict[str, Any]] = arm) -> None:

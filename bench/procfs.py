@@ -14,6 +14,11 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 Snapshot = tuple[dict[str, float], tuple[int, int]]  # CPU seconds per role, the machine's (busy, total) ticks
 
 
+def stat_fields(stat: str) -> list[str]:
+    """The fields of a /proc/<pid>/stat line after the command name, `state` first."""
+    return stat.rsplit(")", 1)[1].split()
+
+
 def stat_cpu_ticks(stat: str) -> int:
     """utime + stime of a /proc/<pid>/stat line (the command name may hold spaces and parentheses)."""
     fields = stat.rsplit(")", 1)[1].split()
@@ -45,6 +50,28 @@ def established_on(proc_net_tcp: str, port: int) -> int:
         if len(fields) > 3 and fields[1].endswith(wanted) and fields[3] == "01":
             held += 1
     return held
+
+
+def read_text(path: str) -> str | None:
+    """A /proc file's text, or None once the process or thread is gone."""
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return None
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below `pid`."""
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (stat := read_text(f"/proc/{entry}/stat")) is not None:
+            parents.setdefault(int(stat_fields(stat)[1]), []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
 
 
 def cpu_seconds(pid: int) -> float:

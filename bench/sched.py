@@ -1,0 +1,84 @@
+"""Where the CPU goes under load, and how long each process waited for it.
+
+For each process tree (a part of the stack with its children and every thread, or one of the bench's
+own processes): the CPU it used and the time its threads spent runnable but not running, waiting for
+a core (the run-queue wait of /proc/<pid>/task/<tid>/schedstat), per second of wall time and per time
+it ran; beside them the machine's idle share (/proc/stat). Every hop of the pipeline is a thread that
+wakes up (Debezium's reader, Connect's producer, the broker, the consumer, Redis, the gateway, the
+client): on a machine with no idle time left each wake-up queues for a core first, and those waits
+add up to a floor under end-to-end latency that no setting of ours removes.
+
+The parsers and the split are pure; `snapshot` is the I/O shell. Threads that exit between two
+snapshots drop out of both sides' sums only if they exited before the first: take both snapshots
+while the load runs.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from bench.procfs import descendants, read_text
+
+# role -> (CPU ns, run-queue wait ns, times run) summed over its tree; the machine's (idle, total) ticks
+Census = tuple[dict[str, tuple[int, int, int]], tuple[int, int]]
+
+
+def parse_schedstat(text: str) -> tuple[int, int, int]:
+    """(ns on a CPU, ns waiting on a run queue, times run) of a /proc/.../schedstat line."""
+    cpu_ns, wait_ns, runs = text.split()[:3]
+    return int(cpu_ns), int(wait_ns), int(runs)
+
+
+def idle_ticks(proc_stat: str) -> tuple[int, int]:
+    """(idle + iowait, total) ticks of all CPUs from /proc/stat's `cpu` line."""
+    values = [int(v) for v in proc_stat.splitlines()[0].split()[1:9]]
+    return values[3] + values[4], sum(values)
+
+
+def tree_schedstat(pid: int, children: bool = True) -> tuple[int, int, int]:
+    """Summed over every live thread of `pid` and (with `children`) of its descendants."""
+    cpu = wait = runs = 0
+    for proc in (pid, *(descendants(pid) if children else ())):
+        try:
+            tids = os.listdir(f"/proc/{proc}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            if (text := read_text(f"/proc/{proc}/task/{tid}/schedstat")) is not None:
+                c, w, r = parse_schedstat(text)
+                cpu, wait, runs = cpu + c, wait + w, runs + r
+    return cpu, wait, runs
+
+
+def snapshot(roles: dict[str, int], alone: frozenset[str] = frozenset()) -> Census:
+    """Every role's tree; the roles in `alone` without their children (a bench process whose child is
+    a role of its own)."""
+    return ({role: tree_schedstat(pid, role not in alone) for role, pid in roles.items()},
+            idle_ticks(Path("/proc/stat").read_text()))
+
+
+def split(before: Census, after: Census, wall_s: float) -> dict[str, Any]:
+    """Pure: per role, % of one core used, ms waited for a core per second, µs waited per time it ran;
+    and the machine's idle % over the same window."""
+    processes: dict[str, dict[str, float]] = {}
+    for role, (cpu, wait, runs) in after[0].items():
+        if role not in before[0]:
+            continue
+        c0, w0, r0 = before[0][role]
+        cpu_ns, wait_ns, ran = max(0, cpu - c0), max(0, wait - w0), max(0, runs - r0)
+        processes[role] = {"cpu_pct_of_core": round(cpu_ns / 1e7 / wall_s, 1),
+                           "runqueue_wait_ms_per_s": round(wait_ns / 1e6 / wall_s, 1),
+                           "runqueue_wait_us_per_run": round(wait_ns / 1e3 / ran, 1) if ran else 0.0}
+    idle, total = after[1][0] - before[1][0], after[1][1] - before[1][1]
+    return {"wall_s": round(wall_s, 2), "cores": os.cpu_count(),
+            "machine_idle_pct": round(100 * idle / total, 1) if total else 0.0, "processes": processes}
+
+
+def text(census: dict[str, Any]) -> str:
+    """One line: the machine's idle share, then each role's CPU and run-queue wait."""
+    parts = [f"machine idle {census['machine_idle_pct']:.1f} % of {census['cores']} cores"]
+    for role, p in sorted(census["processes"].items(), key=lambda kv: -kv[1]["cpu_pct_of_core"]):
+        parts.append(f"{role} {p['cpu_pct_of_core']:.0f} % cpu, waits {p['runqueue_wait_us_per_run']:.0f} µs/run")
+    return "; ".join(parts)

@@ -1,0 +1,47 @@
+"""bench/sched.py: the scheduler census (CPU and run-queue wait per process tree) that shows where a
+saturated machine puts the latency floor."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+from bench import sched
+
+
+def test_parse_schedstat_and_idle_ticks() -> None:
+    assert sched.parse_schedstat("123456 789 12\n") == (123456, 789, 12)
+    assert sched.idle_ticks("cpu  10 0 5 80 5 0 0 0 0 0\ncpu0 1 0 0 0 0 0 0 0 0 0\n") == (85, 100)
+
+
+def test_split_per_role_per_second_and_per_run() -> None:
+    before = ({"kafka": (1_000_000_000, 0, 100), "gone": (5, 5, 5)}, (100, 1000))
+    after = ({"kafka": (1_500_000_000, 200_000_000, 300), "new": (9, 9, 9)}, (150, 1200))
+    out = sched.split(before, after, 2.0)
+    assert out["processes"] == {"kafka": {"cpu_pct_of_core": 25.0, "runqueue_wait_ms_per_s": 100.0,
+                                          "runqueue_wait_us_per_run": 1000.0}}
+    assert out["machine_idle_pct"] == 25.0 and out["wall_s"] == 2.0
+    assert "machine idle 25.0 %" in sched.text(out) and "kafka 25 % cpu, waits 1000 µs/run" in sched.text(out)
+
+
+def test_split_of_a_role_that_never_ran_and_an_empty_window() -> None:
+    out = sched.split(({"x": (0, 0, 0)}, (0, 0)), ({"x": (0, 0, 0)}, (0, 0)), 1.0)
+    assert out["processes"]["x"]["runqueue_wait_us_per_run"] == 0.0 and out["machine_idle_pct"] == 0.0
+
+
+def test_a_busy_child_counts_in_its_parents_tree_unless_alone() -> None:
+    """A real child process spinning for a moment: its CPU shows in this process's tree, and not when
+    this process is counted alone."""
+    child = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 0.4: pass\n"
+                              "time.sleep(30)"])
+    try:
+        before = sched.snapshot({"tree": os.getpid(), "alone": os.getpid()}, frozenset({"alone"}))
+        time.sleep(0.6)
+        after = sched.snapshot({"tree": os.getpid(), "alone": os.getpid()}, frozenset({"alone"}))
+        out = sched.split(before, after, 0.6)["processes"]
+        assert out["tree"]["cpu_pct_of_core"] > out["alone"]["cpu_pct_of_core"] + 10
+    finally:
+        child.kill()
+        child.wait()
