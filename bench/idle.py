@@ -26,14 +26,13 @@ bench/results/idle.json.
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from bench import latency
-from bench.procfs import CLK_TCK, descendants, machine_ticks, read_text, stat_fields
+from bench.procfs import CLK_TCK, descendants, jit_share, machine_ticks, read_text, stat_fields, thread_ticks
 from bench.report import machine_info, write_json
 from connectors import register, stack
 from connectors.stack_settings import StackSettings, load_stack_settings
@@ -41,10 +40,6 @@ from connectors.stack_settings import StackSettings, load_stack_settings
 IDLE_TARGET_PCT = 5.0  # the whole stack at rest, % of one core (issue #15)
 JVMS = ("kafka", "connect")
 TOP_THREADS = 8
-
-
-def stat_comm(stat: str) -> str:
-    return stat[stat.index("(") + 1:stat.rindex(")")]
 
 
 def tree_ticks(own: str, children: list[str]) -> int:
@@ -66,20 +61,6 @@ def process_seconds(pid: int) -> float:
     return tree_ticks(own, children) / CLK_TCK
 
 
-def thread_ticks(pid: int) -> dict[str, int]:
-    """CPU ticks per thread, keyed "name (tid)"."""
-    out: dict[str, int] = {}
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return out
-    for tid in tids:
-        if (stat := read_text(f"/proc/{pid}/task/{tid}/stat")) is not None:
-            f = stat_fields(stat)
-            out[f"{stat_comm(stat)} ({tid})"] = int(f[11]) + int(f[12])
-    return out
-
-
 def busiest(before: dict[str, int], after: dict[str, int], wall_s: float, top: int = TOP_THREADS
             ) -> list[tuple[str, float]]:
     """Pure: the `top` threads by CPU over the window, as % of one core (threads named alike summed:
@@ -89,13 +70,6 @@ def busiest(before: dict[str, int], after: dict[str, int], wall_s: float, top: i
         name = key.rsplit(" (", 1)[0].rstrip("-0123456789")
         by_name[name] += ticks - before.get(key, 0)
     return [(name, round(100 * ticks / CLK_TCK / wall_s, 2)) for name, ticks in by_name.most_common(top) if ticks]
-
-
-def jit_share(before: dict[str, int], after: dict[str, int], wall_s: float) -> float:
-    """Pure: % of one core the JIT compiler threads (C1, C2) used over the window: a JVM that started or
-    met new load minutes ago is still compiling, which is not its cost at rest."""
-    ticks = sum(t - before.get(k, 0) for k, t in after.items() if k.startswith(("C1 Compiler", "C2 Compiler")))
-    return round(100 * ticks / CLK_TCK / wall_s, 2)
 
 
 def measure(roles: dict[str, int], seconds: float, threads: bool = False) -> dict[str, Any]:

@@ -74,6 +74,31 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def stat_comm(stat: str) -> str:
+    return stat[stat.index("(") + 1:stat.rindex(")")]
+
+
+def thread_ticks(pid: int) -> dict[str, int]:
+    """CPU ticks per thread, keyed "name (tid)"."""
+    out: dict[str, int] = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        if (stat := read_text(f"/proc/{pid}/task/{tid}/stat")) is not None:
+            f = stat_fields(stat)
+            out[f"{stat_comm(stat)} ({tid})"] = int(f[11]) + int(f[12])
+    return out
+
+
+def jit_share(before: dict[str, int], after: dict[str, int], wall_s: float) -> float:
+    """Pure: % of one core the JIT compiler threads (C1, C2) used over the window: a JVM that started or
+    met new load minutes ago is still compiling, which is not its cost at rest."""
+    ticks = sum(t - before.get(k, 0) for k, t in after.items() if k.startswith(("C1 Compiler", "C2 Compiler")))
+    return round(100 * ticks / CLK_TCK / wall_s, 2)
+
+
 def cpu_seconds(pid: int) -> float:
     try:
         return stat_cpu_ticks(Path(f"/proc/{pid}/stat").read_text()) / CLK_TCK

@@ -29,6 +29,7 @@ class Settings:
     cdc_max_records: int = 2000
     cdc_poll_timeout_ms: int = 200
     cdc_retry_max_s: float = 5.0
+    cdc_commit_interval_ms: float = 500.0
     primary_dsn: str = ""
     slot_name: str = "freshwire"
     slot_poll_s: float = 5.0
@@ -80,6 +81,8 @@ HELP = {
     "cdc_max_records": "records taken from Kafka per consume call",
     "cdc_poll_timeout_ms": "longest wait for the first record (a record ends it at once; idle wake-ups)",
     "cdc_retry_max_s": "longest back-off between retries of Redis or Kafka effects",
+    "cdc_commit_interval_ms": "offsets are committed at most this often while records flow (and at once when "
+                              "the stream goes quiet, on a revocation and on close); 0: after every chunk",
     "primary_dsn": "the primary, to watch Debezium's replication slot (WAL held, lag, wal_status); empty: off",
     "slot_name": "Debezium's replication slot",
     "slot_poll_s": "how often the slot is read",

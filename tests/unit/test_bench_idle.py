@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench import idle
+from bench import idle, procfs
 from bench.procfs import CLK_TCK
 
 
@@ -19,7 +19,7 @@ def test_tree_ticks_counts_children_and_reaped_children() -> None:
 
 
 def test_stat_comm_keeps_spaces_and_parentheses() -> None:
-    assert idle.stat_comm(stat(1, "a (b) c", 0, 0, 0)) == "a (b) c"
+    assert procfs.stat_comm(stat(1, "a (b) c", 0, 0, 0)) == "a (b) c"
 
 
 def test_busiest_sums_numbered_threads_of_one_name() -> None:

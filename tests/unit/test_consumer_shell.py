@@ -191,14 +191,16 @@ class Shell:
 
     def __init__(self, *, chunks: Sequence[list[Message]] = (), committed: int = NO_OFFSET, log_start: int = 0,
                  redis_failures: float = 0, watermark: str | None = None, ops_failures: float = 0,
-                 ops_version: str = "", retry_max_s: float = 5.0, retention_s: float = 0.0) -> None:
+                 ops_version: str = "", retry_max_s: float = 5.0, retention_s: float = 0.0,
+                 commit_interval_ms: float = 0.0) -> None:
         self.effects: list[str] = []
         self.stop = threading.Event()
         self.metrics = Metrics()
         self.consumer = FakeConsumer(self.effects, chunks, committed, log_start, when_drained=self.stop.set)
         self.redis = FakeRelease(self.effects, redis_failures, watermark)
         self.outputs = FakeOutputs(self.effects, ops_failures, ops_version)
-        settings = Settings(cdc_retry_max_s=retry_max_s, version_retention_s=retention_s)
+        settings = Settings(cdc_retry_max_s=retry_max_s, version_retention_s=retention_s,
+                            cdc_commit_interval_ms=commit_interval_ms)
         self.pipeline = Pipeline(settings, RULES, self.metrics, self.stop, consumer=self.consumer, redis=self.redis,
                                  outputs=self.outputs)
 
@@ -251,6 +253,36 @@ def test_consumer_shell_failing_ops_flush_commits_nothing_until_it_succeeds() ->
                              "commit 28"]
     assert [b.tx_id for b in shell.outputs.appended] == ["734"]
     assert shell.metric("freshwire_cdc_effect_retries_total", effect="kafka") == 2
+
+
+def test_consumer_shell_commits_at_most_once_per_interval_and_at_once_when_quiet() -> None:
+    """With a commit interval, a chunk right after a commit leaves its offset for later; the quiet poll
+    that follows commits it (here: the loop's poll finds nothing more, then the close commits too)."""
+    shell = Shell(commit_interval_ms=60_000).assign()
+    shell.process(records(0, 7))
+    assert shell.effects[-1] == "commit 8"  # the first chunk commits at once
+    shell.effects.clear()
+    shell.process(records(8, 27))
+    assert shell.effects == ["release 5", "append 1", "flush"]  # done, not committed yet
+    shell.pipeline._commit_now()  # what a quiet poll, a revocation or the close does
+    assert shell.effects[-1] == "commit 28"
+    shell.effects.clear()
+    shell.pipeline._commit_now()
+    assert shell.effects == []  # nothing new: no commit
+
+
+def test_consumer_shell_run_commits_the_last_chunk_on_the_quiet_poll() -> None:
+    shell = Shell(chunks=[records(0, 7), records(8, 27)], commit_interval_ms=60_000)
+    shell.pipeline.run()
+    assert shell.consumer.commits == [8, 28]
+
+
+def test_consumer_shell_revocation_commits_what_was_done_first() -> None:
+    shell = Shell(commit_interval_ms=60_000).assign()
+    shell.process(records(0, 7))
+    shell.process(records(8, 27))
+    shell.pipeline._on_revoke(shell.consumer, [TopicPartition(TOPIC, 0)])
+    assert shell.consumer.commits == [8, 28] and shell.pipeline.assemblers == {}
 
 
 # -- a record that does not decode is dead-lettered, and the stream goes on
