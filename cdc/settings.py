@@ -3,6 +3,7 @@ loaded once into a frozen object. A malformed value fails at start with its name
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -121,4 +122,6 @@ def load_settings(argv: list[str] | None = None) -> Settings:
     if settings.redis_wait_replicas < 0 or settings.redis_wait_timeout_ms <= 0:
         raise SettingsError("FRESHWIRE_REDIS_WAIT_REPLICAS must be 0 or more and FRESHWIRE_REDIS_WAIT_TIMEOUT_MS "
                             "above 0")
+    if not 0 <= settings.cdc_commit_interval_ms < math.inf:  # also refuses nan
+        raise SettingsError("FRESHWIRE_CDC_COMMIT_INTERVAL_MS must be a finite number of milliseconds, 0 or more")
     return settings

@@ -30,3 +30,15 @@ def test_settings_literal_choices_are_checked_with_the_variable_name() -> None:
     assert load_settings(["--hold-policy", "hold"]).hold_policy == "hold"
     with pytest.raises(SettingsError, match="FRESHWIRE_HOLD_POLICY must be one of release, hold"):
         load_settings(["--hold-policy", "sometimes"])
+
+
+def test_commit_interval_must_be_finite_and_not_negative() -> None:
+    import pytest
+
+    from cdc.errors import SettingsError
+    from cdc.settings import load_settings
+
+    assert load_settings(["--cdc-commit-interval-ms", "0"]).cdc_commit_interval_ms == 0
+    for bad in ("-1", "nan", "inf"):
+        with pytest.raises(SettingsError, match="FRESHWIRE_CDC_COMMIT_INTERVAL_MS must be a finite number"):
+            load_settings(["--cdc-commit-interval-ms", bad])
