@@ -102,8 +102,8 @@ def warm_up(s: StackSettings, ids: list[int], rate: float, at_least_s: float) ->
     A deployment's JVMs have long finished compiling: that is the state to measure."""
     jvms = {r: pid for r, pid in stack.running_parts(s).items() if r in ("kafka", "connect")}
     write_all(s, ids, rate, at_least_s, {})
-    waited, jit = at_least_s, float("inf")
-    while waited < WARM_MAX_S:
+    waited, jit = at_least_s, None  # None: no step measured (no JVM found, or --warmup past WARM_MAX_S)
+    while jvms and waited < WARM_MAX_S:
         before, t0 = {r: procfs.thread_ticks(p) for r, p in jvms.items()}, time.monotonic()
         write_all(s, ids, rate, WARM_STEP_S, {})
         wall = time.monotonic() - t0
@@ -111,10 +111,10 @@ def warm_up(s: StackSettings, ids: list[int], rate: float, at_least_s: float) ->
         jit = sum(procfs.jit_share(before[r], procfs.thread_ticks(p), wall) for r, p in jvms.items())
         if jit < JIT_QUIET_PCT:
             break
-    print(f"warm-up: {waited:.0f} s at {rate:.0f} tx/s, JIT compilers {jit:.1f} % of a core over the last "
-          f"{WARM_STEP_S:.0f} s", flush=True)
-    return {"seconds": round(waited), "rate": rate, "jit_pct_of_core_last_step": round(jit, 2),
-            "quiet": jit < JIT_QUIET_PCT}
+    compiling = "not measured" if jit is None else f"{jit:.1f} % of a core over the last {WARM_STEP_S:.0f} s"
+    print(f"warm-up: {waited:.0f} s at {rate:.0f} tx/s, JIT compilers {compiling}", flush=True)
+    return {"seconds": round(waited), "rate": rate, "jit_pct_of_core_last_step": None if jit is None else round(jit, 2),
+            "quiet": jit is not None and jit < JIT_QUIET_PCT}
 
 
 def probe(s: StackSettings, card: int) -> None:

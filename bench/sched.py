@@ -21,8 +21,8 @@ from typing import Any
 
 from bench.procfs import descendants, read_text
 
-# role -> (CPU ns, run-queue wait ns, times run) summed over its tree; the machine's (idle, total) ticks
-Census = tuple[dict[str, tuple[int, int, int]], tuple[int, int]]
+Threads = dict[tuple[int, int], tuple[int, int, int]]  # (pid, tid) -> (CPU ns, run-queue wait ns, times run)
+Census = tuple[dict[str, Threads], tuple[int, int]]  # per role; the machine's (idle, total) ticks
 
 
 def parse_schedstat(text: str) -> tuple[int, int, int]:
@@ -37,9 +37,9 @@ def idle_ticks(proc_stat: str) -> tuple[int, int]:
     return values[3] + values[4], sum(values)
 
 
-def tree_schedstat(pid: int, children: bool = True) -> tuple[int, int, int]:
-    """Summed over every live thread of `pid` and (with `children`) of its descendants."""
-    cpu = wait = runs = 0
+def tree_schedstat(pid: int, children: bool = True) -> Threads:
+    """Every live thread of `pid` and (with `children`) of its descendants."""
+    out: Threads = {}
     for proc in (pid, *(descendants(pid) if children else ())):
         try:
             tids = os.listdir(f"/proc/{proc}/task")
@@ -47,9 +47,8 @@ def tree_schedstat(pid: int, children: bool = True) -> tuple[int, int, int]:
             continue
         for tid in tids:
             if (text := read_text(f"/proc/{proc}/task/{tid}/schedstat")) is not None:
-                c, w, r = parse_schedstat(text)
-                cpu, wait, runs = cpu + c, wait + w, runs + r
-    return cpu, wait, runs
+                out[(proc, int(tid))] = parse_schedstat(text)
+    return out
 
 
 def snapshot(roles: dict[str, int], alone: frozenset[str] = frozenset()) -> Census:
@@ -61,13 +60,18 @@ def snapshot(roles: dict[str, int], alone: frozenset[str] = frozenset()) -> Cens
 
 def split(before: Census, after: Census, wall_s: float) -> dict[str, Any]:
     """Pure: per role, % of one core used, ms waited for a core per second, µs waited per time it ran;
-    and the machine's idle % over the same window."""
+    and the machine's idle % over the same window. Summed per thread: a thread seen only after started
+    within the window and counts whole; one seen only before has exited and is left out (what it did
+    within the window is lost with it, but it does not take its earlier lifetime off the others)."""
     processes: dict[str, dict[str, float]] = {}
-    for role, (cpu, wait, runs) in after[0].items():
+    for role, threads in after[0].items():
         if role not in before[0]:
             continue
-        c0, w0, r0 = before[0][role]
-        cpu_ns, wait_ns, ran = max(0, cpu - c0), max(0, wait - w0), max(0, runs - r0)
+        earlier = before[0][role]
+        cpu_ns = wait_ns = ran = 0
+        for key, (cpu, wait, runs) in threads.items():
+            c0, w0, r0 = earlier.get(key, (0, 0, 0))
+            cpu_ns, wait_ns, ran = cpu_ns + max(0, cpu - c0), wait_ns + max(0, wait - w0), ran + max(0, runs - r0)
         processes[role] = {"cpu_pct_of_core": round(cpu_ns / 1e7 / wall_s, 1),
                            "runqueue_wait_ms_per_s": round(wait_ns / 1e6 / wall_s, 1),
                            "runqueue_wait_us_per_run": round(wait_ns / 1e3 / ran, 1) if ran else 0.0}

@@ -89,7 +89,7 @@ class Pipeline:
         self.consumer: InputConsumer = (consumer if consumer is not None else
                                         Consumer({**consumer_config(settings), "on_commit": self._on_commit}))
         self._last_lag_check = 0.0
-        self._uncommitted: set[int] = set()  # partitions whose safe offset moved since the last commit
+        self._done: dict[int, int] = {}  # partition -> a safe offset whose effects are done, to commit
         self._last_commit = -math.inf  # monotonic; the first chunk commits at once
         self.replicas = ReplicaWatcher(settings.replicas, metrics) if settings.replicas else None
         self.slot = SlotMonitor(settings.primary_dsn, settings.slot_name, metrics) if settings.primary_dsn else None
@@ -338,28 +338,31 @@ class Pipeline:
         """After a chunk's effects: commit now, or at most FRESHWIRE_CDC_COMMIT_INTERVAL_MS later (the
         next chunk past it, a quiet poll, a revocation or the close). Each commit is an append to
         __consumer_offsets; one per chunk was a large share of the broker's CPU at 1k tx/s. A commit
-        left for later only means a longer, harmless replay after a crash: every effect is idempotent."""
-        self._uncommitted |= partitions
+        left for later only means a longer, harmless replay after a crash: every effect is idempotent.
+
+        The offsets are taken here, once the effects are done: an assembler's safe offset moves as a
+        chunk is read, so a commit made later (a close after a failed chunk) must not read it again."""
+        for p in partitions:
+            assembler = self.assemblers.get(p)
+            if assembler is not None and assembler.safe_offset is not None:
+                self._done[p] = assembler.safe_offset
         if (time.monotonic() - self._last_commit) * 1000 >= self.settings.cdc_commit_interval_ms:
             self._commit_now()
 
     def _commit_now(self) -> None:
-        partitions, self._uncommitted = self._uncommitted, set()
-        if not partitions:
+        done = {p: offset for p, offset in self._done.items() if p in self.assemblers}  # still assigned
+        self._done = {}
+        if not done:
             return
         self._last_commit = time.monotonic()
-        offsets = []
-        for p in partitions:
-            assembler = self.assemblers.get(p)
-            if assembler is not None and assembler.safe_offset is not None:
-                offsets.append(TopicPartition(self.settings.cdc_topic, p, assembler.safe_offset))
-        if not offsets:
-            return
+        offsets = [TopicPartition(self.settings.cdc_topic, p, offset) for p, offset in done.items()]
         try:
             # Asynchronous: the effects are done, so the commit needs no wait (a sync one cost ~15 % of
             # the loop at 1k tx/s). One lost or reordered commit only means a harmless replay.
             self.consumer.commit(offsets=offsets, asynchronous=True)
         except KafkaException as exc:
+            for p, offset in done.items():  # tried again at the next chance, unless a newer one is done
+                self._done.setdefault(p, offset)
             # E.g. UNKNOWN_MEMBER_ID after a broker restart: the group is rejoined by the next poll,
             # and whatever was not committed is replayed, which the effects make harmless.
             self.metrics.retries.labels("commit").inc()

@@ -17,8 +17,8 @@ def test_parse_schedstat_and_idle_ticks() -> None:
 
 
 def test_split_per_role_per_second_and_per_run() -> None:
-    before = ({"kafka": (1_000_000_000, 0, 100), "gone": (5, 5, 5)}, (100, 1000))
-    after = ({"kafka": (1_500_000_000, 200_000_000, 300), "new": (9, 9, 9)}, (150, 1200))
+    before = ({"kafka": {(1, 1): (1_000_000_000, 0, 100)}, "gone": {(2, 2): (5, 5, 5)}}, (100, 1000))
+    after = ({"kafka": {(1, 1): (1_500_000_000, 200_000_000, 300)}, "new": {(3, 3): (9, 9, 9)}}, (150, 1200))
     out = sched.split(before, after, 2.0)
     assert out["processes"] == {"kafka": {"cpu_pct_of_core": 25.0, "runqueue_wait_ms_per_s": 100.0,
                                           "runqueue_wait_us_per_run": 1000.0}}
@@ -26,8 +26,16 @@ def test_split_per_role_per_second_and_per_run() -> None:
     assert "machine idle 25.0 %" in sched.text(out) and "kafka 25 % cpu, waits 1000 µs/run" in sched.text(out)
 
 
+def test_split_counts_per_thread_new_threads_whole_and_exited_ones_not_against_the_rest() -> None:
+    """A thread that exits in the window does not take its lifetime off the others' sums."""
+    before = ({"pg": {(1, 1): (100, 10, 1), (2, 2): (9_000_000_000, 9_000_000, 90)}}, (0, 100))
+    after = ({"pg": {(1, 1): (100 + 10_000_000, 10 + 1_000_000, 2), (3, 3): (10_000_000, 1_000_000, 1)}}, (0, 100))
+    out = sched.split(before, after, 1.0)["processes"]["pg"]
+    assert out == {"cpu_pct_of_core": 2.0, "runqueue_wait_ms_per_s": 2.0, "runqueue_wait_us_per_run": 1000.0}
+
+
 def test_split_of_a_role_that_never_ran_and_an_empty_window() -> None:
-    out = sched.split(({"x": (0, 0, 0)}, (0, 0)), ({"x": (0, 0, 0)}, (0, 0)), 1.0)
+    out = sched.split(({"x": {(1, 1): (0, 0, 0)}}, (0, 0)), ({"x": {(1, 1): (0, 0, 0)}}, (0, 0)), 1.0)
     assert out["processes"]["x"]["runqueue_wait_us_per_run"] == 0.0 and out["machine_idle_pct"] == 0.0
 
 

@@ -285,6 +285,24 @@ def test_consumer_shell_revocation_commits_what_was_done_first() -> None:
     assert shell.consumer.commits == [8, 28] and shell.pipeline.assemblers == {}
 
 
+def test_consumer_shell_close_after_a_failed_chunk_commits_only_what_was_done() -> None:
+    """A chunk read but never released (Redis down, then a stop): the close commits the last chunk whose
+    effects were done, not the offset the failed chunk's reading moved the assembler to."""
+    reference = Shell().assign()
+    reference.process(records(0, 7))
+    reference.process(records(8, 15))
+    done_offset = reference.consumer.commits[-1]
+    shell = Shell(commit_interval_ms=60_000, retry_max_s=0.01).assign()
+    shell.process(records(0, 7))
+    shell.process(records(8, 15))  # done, its commit left for later
+    shell.redis.failures = float("inf")
+    shell.stop.set()  # the retry of the next chunk's release gives up
+    with pytest.raises(EffectError):
+        shell.process(records(16, 27))
+    shell.pipeline.close()
+    assert shell.consumer.commits == [8, done_offset] and done_offset < 28
+
+
 # -- a record that does not decode is dead-lettered, and the stream goes on
 
 
