@@ -19,22 +19,16 @@ import os
 from pathlib import Path
 from typing import Any
 
-from bench.procfs import descendants, read_text
+from bench.procfs import descendants, machine_ticks, read_text
 
 Threads = dict[tuple[int, int], tuple[int, int, int]]  # (pid, tid) -> (CPU ns, run-queue wait ns, times run)
-Census = tuple[dict[str, Threads], tuple[int, int]]  # per role; the machine's (idle, total) ticks
+Census = tuple[dict[str, Threads], tuple[int, int]]  # per role; the machine's (busy, total) ticks
 
 
 def parse_schedstat(text: str) -> tuple[int, int, int]:
     """(ns on a CPU, ns waiting on a run queue, times run) of a /proc/.../schedstat line."""
     cpu_ns, wait_ns, runs = text.split()[:3]
     return int(cpu_ns), int(wait_ns), int(runs)
-
-
-def idle_ticks(proc_stat: str) -> tuple[int, int]:
-    """(idle + iowait, total) ticks of all CPUs from /proc/stat's `cpu` line."""
-    values = [int(v) for v in proc_stat.splitlines()[0].split()[1:9]]
-    return values[3] + values[4], sum(values)
 
 
 def tree_schedstat(pid: int, children: bool = True) -> Threads:
@@ -55,7 +49,7 @@ def snapshot(roles: dict[str, int], alone: frozenset[str] = frozenset()) -> Cens
     """Every role's tree; the roles in `alone` without their children (a bench process whose child is
     a role of its own)."""
     return ({role: tree_schedstat(pid, role not in alone) for role, pid in roles.items()},
-            idle_ticks(Path("/proc/stat").read_text()))
+            machine_ticks(Path("/proc/stat").read_text()))
 
 
 def split(before: Census, after: Census, wall_s: float) -> dict[str, Any]:
@@ -75,9 +69,9 @@ def split(before: Census, after: Census, wall_s: float) -> dict[str, Any]:
         processes[role] = {"cpu_pct_of_core": round(cpu_ns / 1e7 / wall_s, 1),
                            "runqueue_wait_ms_per_s": round(wait_ns / 1e6 / wall_s, 1),
                            "runqueue_wait_us_per_run": round(wait_ns / 1e3 / ran, 1) if ran else 0.0}
-    idle, total = after[1][0] - before[1][0], after[1][1] - before[1][1]
+    busy, total = after[1][0] - before[1][0], after[1][1] - before[1][1]
     return {"wall_s": round(wall_s, 2), "cores": os.cpu_count(),
-            "machine_idle_pct": round(100 * idle / total, 1) if total else 0.0, "processes": processes}
+            "machine_idle_pct": round(100 * (total - busy) / total, 1) if total else 0.0, "processes": processes}
 
 
 def text(census: dict[str, Any]) -> str:
