@@ -20,7 +20,8 @@ and stopped after if it started them). Then:
 Phases: warm-up (churn for 5 % of the run, so pools and caches are filled), baseline (no clients),
 churn, cool-down (no clients). Verdicts (bench/soak_core.py): RSS growth over the churn's second half
 <= 1 MB per 10 minutes per process; the gateway's connections, subscribed keys and awaits at 0 after
-the churn; fds, threads, tasks and Redis keys back at or under the baseline. Writes
+the churn; fds, threads, tasks and Redis keys back at or under the baseline; once the writer stops and
+the sink catches up (at most SINK_CATCH_UP_S), a sink POST for every committed write. Writes
 bench/results/soak.json and soak.png; exits 1 when a target is missed.
 """
 
@@ -51,15 +52,17 @@ import httpx
 import psycopg
 import redis
 import websockets
+from confluent_kafka import Consumer, TopicPartition
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.typing import Subprotocol
 
 from bench import procfs, report
 from bench.chaos import BUILDERS, restart
-from bench.soak_core import Sample, Verdict, verdicts
+from bench.soak_core import Sample, Verdict, sink_verdict, verdicts
 from connectors import procs, services, stack
 from connectors.stack_settings import REPO, StackSettings, load_stack_settings
+from contract import topics
 from gateway.auth import mint
 from gateway.settings import DEV_SECRET
 
@@ -74,6 +77,8 @@ GAUGES = ("connections", "subscribed_keys", "awaits_pending", "await_tokens", "t
 UPDATE_SQL = "UPDATE cards SET title = %s WHERE id = %s RETURNING pg_current_xact_id()::text"
 LONG_RUN_S = 600.0                     # churn this long or longer is judged on RSS and Redis's expiring keys too
 QUIET_S = 5.0                          # after the clients stop, before a baseline or cool-down sample
+SINK_START_S = 60.0                    # for the soak's new sink group to commit its starting offset
+SINK_CATCH_UP_S = 60.0                 # after the writer stops, at most this long for the sink to POST its last writes
 
 
 @dataclass(frozen=True)
@@ -379,6 +384,23 @@ def kill_and_restart(s: StackSettings, name: str) -> float:
     return round(time.monotonic() - began, 2)
 
 
+def wait_sink_positioned(bootstrap: str, group: str, pid: int) -> None:
+    """Wait until the new sink group has committed its starting offset on the ops topic: a new group
+    starts at the topic's end, so a write released before that would never be POSTed."""
+    probe = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        deadline = time.monotonic() + SINK_START_S
+        while time.monotonic() < deadline:
+            if not procs.alive(pid):
+                raise RuntimeError("the soak's sink exited during start (logs: soak-sink.log)")
+            if any(tp.offset >= 0 for tp in probe.committed([TopicPartition(topics.OPS, 0)], timeout=5)):
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"the soak's sink was not positioned on {topics.OPS} after {SINK_START_S:.0f} s")
+    finally:
+        probe.close()
+
+
 @contextlib.contextmanager
 def soak_parts(s: StackSettings, gateway_port: int) -> Iterator[tuple[int, type[_Receiver]]]:
     """The soak's own gateway, receiver and sink; all stopped at the end (only what was started here)."""
@@ -387,15 +409,17 @@ def soak_parts(s: StackSettings, gateway_port: int) -> Iterator[tuple[int, type[
     receiver = type("Receiver", (_Receiver,), {"posts": 0})
     server = ThreadingHTTPServer(("127.0.0.1", 0), receiver)
     threading.Thread(target=server.serve_forever, name="soak-receiver", daemon=True).start()
+    group = f"freshwire-soak-{os.getpid()}-{int(time.time())}"
     env = {**os.environ, "FRESHWIRE_SINK_URL": f"http://127.0.0.1:{server.server_address[1]}/purge",
            "FRESHWIRE_SINK_SECRET": "soak-secret", "FRESHWIRE_SINK_BOOTSTRAP": s.kafka_bootstrap,
-           "FRESHWIRE_SINK_GROUP": f"freshwire-soak-{os.getpid()}-{int(time.time())}", "PYTHONUNBUFFERED": "1"}
+           "FRESHWIRE_SINK_GROUP": group, "PYTHONUNBUFFERED": "1"}
     s.logs_dir.mkdir(parents=True, exist_ok=True)
     with open(s.logs_dir / "soak-sink.log", "ab") as log:
         sink = subprocess.Popen([sys.executable, "-m", "clients.sink"], env=env, stdout=log, stderr=subprocess.STDOUT,
                                 cwd=REPO)
     try:
         procs.wait_ready(gateway)
+        wait_sink_positioned(s.kafka_bootstrap, group, sink.pid)
         yield sink.pid, receiver
     finally:
         sink.terminate()
@@ -407,6 +431,16 @@ def soak_parts(s: StackSettings, gateway_port: int) -> Iterator[tuple[int, type[
         server.shutdown()
         server.server_close()
         procs.stop(GATEWAY_NAME, s.pids_dir, timeout_s=20)
+
+
+async def sink_caught_up(receiver: type[_Receiver], commits: int) -> tuple[int, float]:
+    """Wait (at most SINK_CATCH_UP_S) until the receiver has a POST for every committed write; returns the
+    POSTs counted and the seconds waited. The writer runs to the last sample, so its last writes are still
+    on their way through Debezium, Kafka, the consumer and the sink when it stops."""
+    began = time.monotonic()
+    while receiver.posts < commits and time.monotonic() - began < SINK_CATCH_UP_S:
+        await asyncio.sleep(0.2)
+    return receiver.posts, round(time.monotonic() - began, 1)
 
 
 async def _phase(sampler: Sampler, name: str, seconds: float) -> None:
@@ -459,13 +493,15 @@ async def run_soak(s: StackSettings, plan: Plan, log: Any = print) -> dict[str, 
         await loop.run_in_executor(None, sampler.sample)
         writer.stop.set()
         thread.join(timeout=10)
-        posts = receiver.posts
+        posts, sink_wait_s = await sink_caught_up(receiver, writer.commits)
     # RSS slopes and the markers' expiry need minutes to show; a short run (the test's) judges counts only.
     long_run = plan.churn_s >= LONG_RUN_S
-    found = verdicts(sampler.samples, rss=long_run, write_rate=plan.rate if long_run else 0.0)
+    found = [*verdicts(sampler.samples, rss=long_run, write_rate=plan.rate if long_run else 0.0),
+             sink_verdict(writer.commits, posts)]
     return {"plan": asdict(plan), "samples": sampler.samples, "faults": faults,
             "churn": {"opened": churn.opened, "outcomes": dict(sorted(churn.outcomes.items()))},
             "writes": {"commits": writer.commits, "errors": dict(writer.errors)}, "sink_posts": posts,
+            "sink_wait_s": sink_wait_s,
             "verdicts": [v.as_dict() for v in found], "met": all(v.met for v in found)}
 
 

@@ -130,6 +130,13 @@ def verdicts(samples: Sequence[Sample], rss: bool = True, write_rate: float = 0.
     return found
 
 
+def sink_verdict(commits: int, posts: int) -> Verdict:
+    """Every write is one released transaction, one ops record and (at least once) one sink POST: once the
+    sink has caught up, fewer POSTs than commits means a batch was lost between the WAL and the receiver."""
+    return Verdict("sink POSTs once it caught up, against the writes committed", posts, f">= {commits}",
+                   posts >= commits)
+
+
 def expiring_keys_ratio(samples: Sequence[Sample], write_rate: float) -> float:
     """Each write leaves one marker that expires after TX_MARKER_TTL_S, so after the baseline Redis can
     hold at most `write_rate` x min(elapsed, TTL) expiring keys more than it did: the worst ratio of the

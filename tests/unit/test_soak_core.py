@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from bench.soak_core import SoakError, expiring_keys_ratio, second_half, slope_per_10_min, verdicts
+from bench.soak_core import SoakError, expiring_keys_ratio, second_half, sink_verdict, slope_per_10_min, verdicts
 
 
 def _sample(t: float, phase: str, rss_mb: float = 50.0, tasks: int = 5, fds: int = 20, conns: int = 0,
@@ -91,3 +91,10 @@ def test_a_part_down_at_the_end_is_missed_not_crashed() -> None:
 def test_samples_without_a_phase_cannot_be_judged() -> None:
     with pytest.raises(SoakError, match="cooldown"):
         verdicts(_run()[:-1])
+
+
+def test_the_sink_is_met_with_a_post_per_write_or_more_and_missed_with_fewer() -> None:
+    assert sink_verdict(commits=1000, posts=1000).met
+    assert sink_verdict(commits=1000, posts=1003).met  # at least once: a batch sent again after a lost answer
+    missed = sink_verdict(commits=1000, posts=996)
+    assert not missed.met and missed.figure == 996 and missed.target == ">= 1000"
