@@ -298,7 +298,7 @@ def observe(s: StackSettings, keys: list[str], subs: int) -> Iterator[Observatio
 def census_during(s: StackSettings, seen: Observation, seconds: float, out: dict[str, Any]) -> threading.Thread:
     """A thread taking bench/sched.py's census over the middle of a `seconds` long write phase (both
     snapshots while the writers run: a thread that has exited no longer counts): every part of the
-    stack, the bench's writers (this process) and its WebSocket clients."""
+    stack, the bench's writers (this process) and its WebSocket clients, and the machine's stall time."""
     roles = {**stack.running_parts(s), "bench writers": os.getpid()}
     if seen.clients_pid is not None:
         roles["bench clients"] = seen.clients_pid
@@ -306,9 +306,10 @@ def census_during(s: StackSettings, seen: Observation, seconds: float, out: dict
 
     def take() -> None:
         time.sleep(margin)
-        before, t0 = sched.snapshot(roles, frozenset({"bench writers"})), time.monotonic()
+        stall0, before, t0 = sched.pressure(), sched.snapshot(roles, frozenset({"bench writers"})), time.monotonic()
         time.sleep(seconds - 2 * margin)
         out.update(sched.split(before, sched.snapshot(roles, frozenset({"bench writers"})), time.monotonic() - t0))
+        out["stall_ms"] = sched.stalls(stall0, sched.pressure())
 
     thread = threading.Thread(target=take, daemon=True)
     thread.start()

@@ -3,10 +3,12 @@
 For each process tree (a part of the stack with its children and every thread, or one of the bench's
 own processes): the CPU it used and the time its threads spent runnable but not running, waiting for
 a core (the run-queue wait of /proc/<pid>/task/<tid>/schedstat), per second of wall time and per time
-it ran; beside them the machine's idle share (/proc/stat). Every hop of the pipeline is a thread that
-wakes up (Debezium's reader, Connect's producer, the broker, the consumer, Redis, the gateway, the
-client): on a machine with no idle time left each wake-up queues for a core first, and those waits
-add up to a floor under end-to-end latency that no setting of ours removes.
+it ran; beside them the machine's idle share (/proc/stat) and its stall time (/proc/pressure: ms in
+which some or all runnable tasks waited for a core, for I/O or for memory), which says whether a
+one-off stall in a run was the machine's (a disk that held every writer) or a part's own. Every hop
+of the pipeline is a thread that wakes up (Debezium's reader, Connect's producer, the broker, the
+consumer, Redis, the gateway, the client): on a machine with no idle time left each wake-up queues
+for a core first, and those waits add up to a floor under end-to-end latency that no setting of ours removes.
 
 The parsers and the split are pure; `snapshot` is the I/O shell. Threads that exit between two
 snapshots drop out of both sides' sums only if they exited before the first: take both snapshots
@@ -23,6 +25,33 @@ from bench.procfs import descendants, machine_ticks, read_text
 
 Threads = dict[tuple[int, int], tuple[int, int, int]]  # (pid, tid) -> (CPU ns, run-queue wait ns, times run)
 Census = tuple[dict[str, Threads], tuple[int, int]]  # per role; the machine's (busy, total) ticks
+
+
+PRESSURE_KINDS = ("cpu", "io", "memory")
+
+
+def parse_pressure(text: str) -> dict[str, int]:
+    """{"some": µs, "full": µs} from a /proc/pressure/<kind> file (the `total=` of each line)."""
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        fields = line.split()
+        if fields and (total := next((f for f in fields if f.startswith("total=")), None)):
+            out[fields[0]] = int(total.removeprefix("total="))
+    return out
+
+
+def pressure() -> dict[str, int]:
+    """The machine's stall totals, µs, as "<kind>_<some|full>"; {} without PSI (older kernels)."""
+    out: dict[str, int] = {}
+    for kind in PRESSURE_KINDS:
+        if (text := read_text(f"/proc/pressure/{kind}")) is not None:
+            out.update({f"{kind}_{level}": us for level, us in parse_pressure(text).items()})
+    return out
+
+
+def stalls(before: dict[str, int], after: dict[str, int]) -> dict[str, float]:
+    """Pure: ms stalled per "<kind>_<level>" between two `pressure()` readings."""
+    return {k: round((after[k] - before[k]) / 1000, 1) for k in after if k in before}
 
 
 def parse_schedstat(text: str) -> tuple[int, int, int]:
@@ -77,6 +106,9 @@ def split(before: Census, after: Census, wall_s: float) -> dict[str, Any]:
 def text(census: dict[str, Any]) -> str:
     """One line: the machine's idle share, then each role's CPU and run-queue wait."""
     parts = [f"machine idle {census['machine_idle_pct']:.1f} % of {census['cores']} cores"]
+    if stall := census.get("stall_ms"):
+        parts.append("stalled " + ", ".join(f"{k.replace('_', ' ')} {v:.0f} ms" for k, v in stall.items()
+                                             if k in ("io_full", "cpu_some", "memory_full")))
     for role, p in sorted(census["processes"].items(), key=lambda kv: -kv[1]["cpu_pct_of_core"]):
         parts.append(f"{role} {p['cpu_pct_of_core']:.0f} % cpu, waits {p['runqueue_wait_us_per_run']:.0f} µs/run")
     return "; ".join(parts)

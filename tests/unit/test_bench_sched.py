@@ -52,3 +52,26 @@ def test_a_busy_child_counts_in_its_parents_tree_unless_alone() -> None:
     finally:
         child.kill()
         child.wait()
+
+
+def test_pressure_totals_and_stalls_in_ms() -> None:
+    io = ("some avg10=2.61 avg60=2.82 avg300=3.85 total=957103864\n"
+          "full avg10=0.89 avg60=0.79 avg300=1.03 total=295509299\n")
+    assert sched.parse_pressure(io) == {"some": 957103864, "full": 295509299}
+    assert sched.parse_pressure("") == {}
+    before = {"io_some": 1_000_000, "io_full": 500_000, "cpu_some": 0}
+    after = {"io_some": 1_900_000, "io_full": 1_400_000, "cpu_some": 250_000, "memory_full": 7}
+    stall = sched.stalls(before, after)
+    assert stall == {"io_some": 900.0, "io_full": 900.0, "cpu_some": 250.0}  # a kind seen only once is left out
+    census = {"machine_idle_pct": 10.0, "cores": 2, "processes": {}, "stall_ms": stall}
+    assert "stalled io full 900 ms, cpu some 250 ms" in sched.text(census)
+
+
+def test_pressure_of_this_machine_is_read_or_empty() -> None:
+    """Real /proc: every total PSI gives is a count that only grows; without PSI the census has none."""
+    first = sched.pressure()
+    second = sched.pressure()
+    assert set(first) == set(second)
+    assert all(second[k] >= first[k] for k in first)
+    if os.path.exists("/proc/pressure/io"):
+        assert {"io_some", "io_full"} <= set(first)
