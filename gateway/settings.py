@@ -41,9 +41,12 @@ class GatewaySettings:
     direct_writes: bool = False                     # fan-out writes frames without a writer task per connection
     #                                                 (gateway/uvicorn_ws.py): faster to many fast readers, worse for
     #                                                 a client holding many busy connections (docs/tuning.md)
+    unread_bytes: int = 16384                       # bytes a client may have unread before its changes coalesce
+    #                                                 (acknowledged by WebSocket pongs, gateway/uvicorn_ws.py; 0: off)
     dev_mode: bool = False                          # accept the published development secret (make up sets it)
 
 
+MIN_UNREAD_BYTES = 1024  # below this a single frame holds a connection until the next pong
 JWKS_TIMING = ("jwks_timeout_s", "jwks_refresh_s", "jwks_retry_s", "jwks_unknown_kid_s")
 
 # The secret the README, the demo and `make up` use. Anyone can mint tokens for "*" with it, so a
@@ -61,6 +64,8 @@ def load_gateway_settings(overrides: dict[str, str] | None = None) -> GatewaySet
     for name in JWKS_TIMING:
         if not 0 < getattr(settings, name) < math.inf:  # also refuses nan
             raise SettingsError(f"FRESHWIRE_{name.upper()} must be a finite number of seconds above 0")
+    if settings.unread_bytes != 0 and settings.unread_bytes < MIN_UNREAD_BYTES:
+        raise SettingsError(f"FRESHWIRE_UNREAD_BYTES must be 0 (off) or at least {MIN_UNREAD_BYTES}")
     if settings.jwt_secret == DEV_SECRET and not settings.dev_mode:
         raise SettingsError("FRESHWIRE_JWT_SECRET is the published development secret: anyone can mint tokens "
                             "with it. Set a secret of your own (e.g. `openssl rand -hex 32`), or "

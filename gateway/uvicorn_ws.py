@@ -25,7 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
-from websockets.frames import Opcode
+from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
 from websockets.protocol import Protocol, State
 
@@ -36,6 +36,15 @@ FRAME_CACHE_SIZE = 1024  # frames fan-out sends to many connections: encoded onc
 # it already-encoded frames the gateway can no longer coalesce; with it the kernel refuses more once
 # this much waits, the transport buffers the rest and pauses, and the Session coalesces from there.
 NOTSENT_LOWAT_BYTES = 16384
+# Bytes of frames a client may have unread: written, but not yet acknowledged by its pong to a ping sent
+# after them. TCP cannot say what a client has read (on loopback everything is ACKed into its receive
+# buffer, which autotunes to megabytes: a client that read slower than its keys changed was measured
+# 9-14 s behind on both write paths, bench/slow_reader.py), but a WebSocket pong can: a client answers
+# a ping only after reading every frame before it (RFC 6455 5.5.2-3). Past this budget the connection
+# counts as paused (its changes coalesce in its Session) until the pong comes; a ping goes out at half of
+# it, so a prompt reader's pong is back before the budget is spent.
+UNREAD_BUDGET_BYTES = 16384
+ACK_PING_PREFIX = b"fw-ack"
 
 
 @functools.lru_cache(maxsize=FRAME_CACHE_SIZE)
@@ -134,6 +143,13 @@ class FreshwireWebSocketProtocol(WebSocketsSansIOProtocol):
 
     drained: Callable[[], None] | None = None
     paused = False  # the transport's write buffer is above its high-water mark
+    held = False  # more than unread_budget bytes written and not yet acknowledged by a pong
+    unread_budget = UNREAD_BUDGET_BYTES
+    written = 0  # bytes of data frames written, since the handshake
+    acked = 0  # of them, those the client has read (its pong to a ping sent after them came back)
+    pings = 0  # pings sent (acknowledgement and keepalive), to order them
+    ack_ping: tuple[bytes, int, int] | None = None  # the acknowledgement ping in flight: payload, mark, seq
+    keepalive_ping: tuple[int, int] = (0, 0)  # uvicorn's keepalive ping in flight: mark, seq
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -142,7 +158,9 @@ class FreshwireWebSocketProtocol(WebSocketsSansIOProtocol):
 
     async def send(self, message: Any) -> None:
         await super().send(message)
-        if self.handshake_complete and getattr(self, "response", None) is not None:
+        if message["type"] == "websocket.send":
+            self._wrote(len(message.get("text") or message.get("bytes") or b""))
+        elif self.handshake_complete and getattr(self, "response", None) is not None:
             self._forget_handshake_objects()
 
     def _forget_handshake_objects(self) -> None:
@@ -175,22 +193,88 @@ class FreshwireWebSocketProtocol(WebSocketsSansIOProtocol):
     def sendable(self) -> bool:
         """True when a frame written now goes out in order: accepted (the app asks only after that), no
         close sent (by the app, a keepalive timeout or a protocol error) or received (the transport is
-        then closing), and the transport below its high-water mark (not paused)."""
-        return not (self.paused or self.close_sent or self.transport.is_closing()) and self.conn.state is State.OPEN
+        then closing), the transport below its high-water mark (not paused) and the client's unread
+        bytes within their budget (not held)."""
+        return (not (self.paused or self.held or self.close_sent or self.transport.is_closing())
+                and self.conn.state is State.OPEN)
 
     def write_texts(self, texts: list[str]) -> None:
         """Whole text frames, in order; call only when sendable()."""
         if self.conn.extensions:
             for text in texts:
                 self.conn.send_text(text.encode())
-            self.transport.write(b"".join(self.conn.data_to_send()))
+            data = b"".join(self.conn.data_to_send())
         elif len(texts) == 1:
-            self.transport.write(text_frame(texts[0]))
+            data = text_frame(texts[0])
         else:
-            self.transport.write(b"".join(map(text_frame, texts)))
+            data = b"".join(map(text_frame, texts))
+        self.transport.write(data)
+        self._wrote(len(data))
 
     def on_writable(self, callback: Callable[[], None] | None) -> None:
         self.drained = callback
+
+    def limit_unread(self, budget: int) -> None:
+        """Bytes the client may have unread before the connection counts as paused (0: no limit)."""
+        self.unread_budget = budget
+
+    # -- what the client has read: acknowledgement pings
+    def _wrote(self, n: int) -> None:
+        self.written += n
+        budget = self.unread_budget
+        if not budget:
+            return
+        unread = self.written - self.acked
+        if unread >= budget // 2 and self.ack_ping is None:
+            self._send_ack_ping()
+        if unread >= budget and not self.held:
+            self.held = True
+            self.writable.clear()
+
+    def _send_ack_ping(self) -> None:
+        if self.close_sent or self.conn.state is not State.OPEN or self.transport.is_closing():
+            return
+        self.pings += 1
+        payload = ACK_PING_PREFIX + self.pings.to_bytes(8, "big")
+        self.ack_ping = (payload, self.written, self.pings)
+        self.conn.send_ping(payload)
+        self.transport.write(b"".join(self.conn.data_to_send()))
+
+    def send_keepalive_ping(self) -> None:
+        self.pings += 1
+        self.keepalive_ping = (self.written, self.pings)
+        super().send_keepalive_ping()
+
+    def handle_pong(self, event: Frame) -> None:
+        """A pong acknowledges what was written before its ping. A client may answer only the latest of
+        several pings (RFC 6455 5.5.3), so a pong to a later ping answers the earlier one too."""
+        data = bytes(event.data)
+        ack, keepalive = self.ack_ping, self.pending_ping_payload
+        if ack is not None and data == ack[0]:
+            self.ack_ping = None
+            self.acked = max(self.acked, ack[1])
+            if keepalive is not None and self.keepalive_ping[1] < ack[2]:
+                super().handle_pong(Frame(Opcode.PONG, keepalive))
+        elif keepalive is not None and data == keepalive:
+            self.acked = max(self.acked, self.keepalive_ping[0])
+            if ack is not None and ack[2] < self.keepalive_ping[1]:
+                self.ack_ping = None
+            super().handle_pong(event)
+            return self._acknowledged()
+        else:
+            return super().handle_pong(event)
+        self._acknowledged()
+
+    def _acknowledged(self) -> None:
+        unread, budget = self.written - self.acked, self.unread_budget
+        if budget and unread >= budget // 2 and self.ack_ping is None:
+            self._send_ack_ping()
+        if self.held and unread < budget:
+            self.held = False
+            if not self.paused:
+                self.writable.set()
+                if self.drained is not None:
+                    self.drained()
 
     # -- uvicorn's callbacks, extended
     def pause_writing(self) -> None:
@@ -199,6 +283,8 @@ class FreshwireWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def resume_writing(self) -> None:
         self.paused = False
+        if self.held:
+            return  # writable again once the pong comes
         super().resume_writing()
         if self.drained is not None:
             self.drained()

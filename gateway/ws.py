@@ -52,7 +52,10 @@ async def endpoint(ws: WebSocket) -> None:
     session = Session(f"c{next(_ids)}", state.settings.control_queue, None, state.settings.max_data_bytes)
     state.hub.register(session)
     log.info("[%s] open sub=%s", session.conn_id, grant.subject)
-    conn = Connection(ws, state, session, grant, sink_of(ws) if state.settings.direct_writes else None)
+    sink = sink_of(ws)
+    if sink is not None:
+        sink.limit_unread(state.settings.unread_bytes)
+    conn = Connection(ws, state, session, grant, sink if state.settings.direct_writes else None)
     try:
         await conn.run()
     finally:
@@ -71,6 +74,8 @@ class Sink(Protocol):
     def write_texts(self, texts: list[str]) -> None: ...
 
     def on_writable(self, callback: Callable[[], None] | None) -> None: ...
+
+    def limit_unread(self, budget: int) -> None: ...
 
 
 def sink_of(ws: WebSocket) -> Sink | None:
