@@ -7,14 +7,16 @@ spare?
 On 127.0.0.1 only, on private ports (Redis 16689, gateway 18390, state in /tmp/fw-slow-reader): a
 redis-server (Debian's, through connectors/services) and, one after the other, the real gateway with
 `FRESHWIRE_DIRECT_WRITES=0` (a writer task per connection, the default) and `=1` (the direct path).
+Each runs once with `FRESHWIRE_UNREAD_BYTES=0` (no budget: what a client has not read is bounded
+only by the socket buffers) and once with the default budget (16 KiB, acknowledged by pongs).
 For each, one WebSocket client subscribes to one key and reads one frame, then sleeps
 `--read-delay-ms` (it is slow, not busy: the machine keeps CPU for the gateway), while this process
 releases versions of the key at `--rate`/s for `--seconds` with contract.redis_layout's release
-script (bench/fanout.py's Publisher, as the cdc consumer runs it). Per path: frames read, distinct
+script (bench/fanout.py's Publisher, as the cdc consumer runs it). Per arm: frames read, distinct
 versions, each frame's age when read (read time - its release) at p50 / p99 / max, and how long after
 the last release the client read the last version (bounded by `--drain-timeout`).
 
-Prints one row per path and writes bench/results/slow_reader.json. Stops only what it started.
+Prints one row per arm and writes bench/results/slow_reader.json. Stops only what it started.
 """
 
 from __future__ import annotations
@@ -38,7 +40,10 @@ from connectors.stack_settings import StackSettings, load_stack_settings
 from gateway.auth import mint
 
 KEY = "slow:1"
-PATHS = {"writer tasks (default)": "0", "direct writes": "1"}
+# (FRESHWIRE_DIRECT_WRITES, FRESHWIRE_UNREAD_BYTES) per arm: each write path with no unread budget,
+# then with the default one.
+ARMS = {"writer tasks, no budget": ("0", "0"), "direct writes, no budget": ("1", "0"),
+        "writer tasks (default)": ("0", ""), "direct writes": ("1", "")}
 
 
 def release_all(publisher: Publisher, rate: float, seconds: float, stamps: dict[str, float]) -> str:
@@ -85,10 +90,12 @@ async def read_slowly(url: str, delay_s: float, done: threading.Event, final: di
     return reads
 
 
-def one_path(s: StackSettings, direct: str, args: argparse.Namespace) -> dict[str, Any]:
+def one_arm(s: StackSettings, direct: str, unread: str, args: argparse.Namespace) -> dict[str, Any]:
     gateway = services.gateway_proc(s, "slow-reader-gateway")
     gateway.env.update({"FRESHWIRE_JWT_SECRET": SECRET, "FRESHWIRE_REDIS_URL": s.redis_url,
                         "FRESHWIRE_DIRECT_WRITES": direct})
+    if unread:
+        gateway.env["FRESHWIRE_UNREAD_BYTES"] = unread
     procs.start(gateway, s.pids_dir)
     try:
         procs.wait_ready(gateway)
@@ -139,13 +146,13 @@ def main(argv: list[str] | None = None) -> None:
     s = replace(load_stack_settings(), state_dir=Path("/tmp/fw-slow-reader"), redis_port=16689, gateway_port=18390)
     redis_proc = services.redis_proc(s)
     procs.start(redis_proc, s.pids_dir)
-    results: dict[str, Any] = {"machine": machine_info(), "settings": vars(args), "paths": {}}
+    results: dict[str, Any] = {"machine": machine_info(), "settings": vars(args), "arms": {}}
     try:
         procs.wait_ready(redis_proc)
-        for name, direct in PATHS.items():
-            row = results["paths"][name] = one_path(s, direct, args)
+        for name, (direct, unread) in ARMS.items():
+            row = results["arms"][name] = one_arm(s, direct, unread, args)
             age = row["age_ms"]
-            print(f"{name:24} {row['frames']:6} frames, {row['distinct_versions']:6} versions of "
+            print(f"{name:26} {row['frames']:6} frames, {row['distinct_versions']:6} versions of "
                   f"{row['released']}; age p50 {age.get('p50', 0):8.1f} p99 {age.get('p99', 0):8.1f} "
                   f"max {age.get('max', 0):8.1f} ms; last version {row['last_after_s']} s after the last release",
                   flush=True)
