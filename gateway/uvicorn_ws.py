@@ -216,7 +216,8 @@ class FreshwireWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def limit_unread(self, budget: int) -> None:
         """Bytes the client may have unread before the connection counts as paused (0: no limit)."""
-        self.unread_budget = budget
+        if budget != self.unread_budget:  # the default stays on the class: no attribute per connection
+            self.unread_budget = budget
 
     # -- what the client has read: acknowledgement pings
     def _wrote(self, n: int) -> None:
