@@ -106,9 +106,10 @@ def split(before: Census, after: Census, wall_s: float) -> dict[str, Any]:
 def text(census: dict[str, Any]) -> str:
     """One line: the machine's idle share, then each role's CPU and run-queue wait."""
     parts = [f"machine idle {census['machine_idle_pct']:.1f} % of {census['cores']} cores"]
-    if stall := census.get("stall_ms"):
-        parts.append("stalled " + ", ".join(f"{k.replace('_', ' ')} {v:.0f} ms" for k, v in stall.items()
-                                             if k in ("io_full", "cpu_some", "memory_full")))
+    shown = [f"{k.replace('_', ' ')} {v:.0f} ms" for k, v in (census.get("stall_ms") or {}).items()
+             if k in ("io_full", "cpu_some", "memory_full")]
+    if shown:
+        parts.append("stalled " + ", ".join(shown))
     for role, p in sorted(census["processes"].items(), key=lambda kv: -kv[1]["cpu_pct_of_core"]):
         parts.append(f"{role} {p['cpu_pct_of_core']:.0f} % cpu, waits {p['runqueue_wait_us_per_run']:.0f} µs/run")
     return "; ".join(parts)

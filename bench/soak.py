@@ -21,7 +21,8 @@ Phases: warm-up (churn for 5 % of the run, so pools and caches are filled), base
 churn, cool-down (no clients). Verdicts (bench/soak_core.py): RSS growth over the churn's second half
 <= 1 MB per 10 minutes per process; the gateway's connections, subscribed keys and awaits at 0 after
 the churn; fds, threads, tasks and Redis keys back at or under the baseline; once the writer stops and
-the sink catches up (at most SINK_CATCH_UP_S), a sink POST for every committed write. Writes
+the sink catches up (at most SINK_CATCH_UP_S), a sink batch POSTed for every committed write (distinct
+versions: a batch sent twice counts once). Writes
 bench/results/soak.json and soak.png; exits 1 when a target is missed.
 """
 
@@ -46,13 +47,13 @@ from collections.abc import Coroutine, Iterator
 from dataclasses import asdict, dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import psycopg
 import redis
 import websockets
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.typing import Subprotocol
@@ -60,6 +61,7 @@ from websockets.typing import Subprotocol
 from bench import procfs, report
 from bench.chaos import BUILDERS, restart
 from bench.soak_core import Sample, Verdict, sink_verdict, verdicts
+from clients.sink.core import IDEMPOTENCY_HEADER
 from connectors import procs, services, stack
 from connectors.stack_settings import REPO, StackSettings, load_stack_settings
 from contract import topics
@@ -141,12 +143,14 @@ class Writer:
 
 class _Receiver(BaseHTTPRequestHandler):
     posts = 0
+    versions: ClassVar[set[str]] = set()  # distinct Idempotency-Keys (batch versions): one sent twice counts once
     lock = threading.Lock()  # the server runs a thread per request
 
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
         with self.lock:
             type(self).posts += 1
+            type(self).versions.add(self.headers.get(IDEMPOTENCY_HEADER) or "")
         self.send_response(200)
         self.send_header("Content-Length", "0")
         self.end_headers()
@@ -393,8 +397,11 @@ def wait_sink_positioned(bootstrap: str, group: str, pid: int) -> None:
         while time.monotonic() < deadline:
             if not procs.alive(pid):
                 raise RuntimeError("the soak's sink exited during start (logs: soak-sink.log)")
-            if any(tp.offset >= 0 for tp in probe.committed([TopicPartition(topics.OPS, 0)], timeout=5)):
-                return
+            try:
+                if any(tp.offset >= 0 for tp in probe.committed([TopicPartition(topics.OPS, 0)], timeout=5)):
+                    return
+            except KafkaException:  # the broker did not answer in time: ask again until the deadline
+                pass
             time.sleep(0.2)
         raise RuntimeError(f"the soak's sink was not positioned on {topics.OPS} after {SINK_START_S:.0f} s")
     finally:
@@ -406,7 +413,7 @@ def soak_parts(s: StackSettings, gateway_port: int) -> Iterator[tuple[int, type[
     """The soak's own gateway, receiver and sink; all stopped at the end (only what was started here)."""
     gateway = services.gateway_proc(s, GATEWAY_NAME, gateway_port)
     procs.start(gateway, s.pids_dir)
-    receiver = type("Receiver", (_Receiver,), {"posts": 0})
+    receiver = type("Receiver", (_Receiver,), {"posts": 0, "versions": set()})
     server = ThreadingHTTPServer(("127.0.0.1", 0), receiver)
     threading.Thread(target=server.serve_forever, name="soak-receiver", daemon=True).start()
     group = f"freshwire-soak-{os.getpid()}-{int(time.time())}"
@@ -434,13 +441,14 @@ def soak_parts(s: StackSettings, gateway_port: int) -> Iterator[tuple[int, type[
 
 
 async def sink_caught_up(receiver: type[_Receiver], commits: int) -> tuple[int, float]:
-    """Wait (at most SINK_CATCH_UP_S) until the receiver has a POST for every committed write; returns the
-    POSTs counted and the seconds waited. The writer runs to the last sample, so its last writes are still
-    on their way through Debezium, Kafka, the consumer and the sink when it stops."""
+    """Wait (at most SINK_CATCH_UP_S) until the receiver has a batch for every committed write; returns the
+    distinct batches (versions) POSTed and the seconds waited. The writer runs to the last sample, so
+    its last writes are still on their way through Debezium, Kafka, the consumer and the sink when it
+    stops."""
     began = time.monotonic()
-    while receiver.posts < commits and time.monotonic() - began < SINK_CATCH_UP_S:
+    while len(receiver.versions) < commits and time.monotonic() - began < SINK_CATCH_UP_S:
         await asyncio.sleep(0.2)
-    return receiver.posts, round(time.monotonic() - began, 1)
+    return len(receiver.versions), round(time.monotonic() - began, 1)
 
 
 async def _phase(sampler: Sampler, name: str, seconds: float) -> None:
@@ -493,15 +501,16 @@ async def run_soak(s: StackSettings, plan: Plan, log: Any = print) -> dict[str, 
         await loop.run_in_executor(None, sampler.sample)
         writer.stop.set()
         thread.join(timeout=10)
-        posts, sink_wait_s = await sink_caught_up(receiver, writer.commits)
+        batches, sink_wait_s = await sink_caught_up(receiver, writer.commits)
+        posts = receiver.posts
     # RSS slopes and the markers' expiry need minutes to show; a short run (the test's) judges counts only.
     long_run = plan.churn_s >= LONG_RUN_S
     found = [*verdicts(sampler.samples, rss=long_run, write_rate=plan.rate if long_run else 0.0),
-             sink_verdict(writer.commits, posts)]
+             sink_verdict(writer.commits, batches)]
     return {"plan": asdict(plan), "samples": sampler.samples, "faults": faults,
             "churn": {"opened": churn.opened, "outcomes": dict(sorted(churn.outcomes.items()))},
             "writes": {"commits": writer.commits, "errors": dict(writer.errors)}, "sink_posts": posts,
-            "sink_wait_s": sink_wait_s,
+            "sink_batches": batches, "sink_wait_s": sink_wait_s,
             "verdicts": [v.as_dict() for v in found], "met": all(v.met for v in found)}
 
 

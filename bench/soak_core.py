@@ -130,11 +130,12 @@ def verdicts(samples: Sequence[Sample], rss: bool = True, write_rate: float = 0.
     return found
 
 
-def sink_verdict(commits: int, posts: int) -> Verdict:
-    """Every write is one released transaction, one ops record and (at least once) one sink POST: once the
-    sink has caught up, fewer POSTs than commits means a batch was lost between the WAL and the receiver."""
-    return Verdict("sink POSTs once it caught up, against the writes committed", posts, f">= {commits}",
-                   posts >= commits)
+def sink_verdict(commits: int, batches: int) -> Verdict:
+    """Every write is one released transaction, one ops record and one sink batch (POSTed at least once,
+    counted once by its version): once the sink has caught up, fewer batches than commits means one was
+    lost between the WAL and the receiver."""
+    return Verdict("sink batches POSTed once it caught up (distinct versions), against the writes committed",
+                   batches, f">= {commits}", batches >= commits)
 
 
 def expiring_keys_ratio(samples: Sequence[Sample], write_rate: float) -> float:

@@ -155,11 +155,14 @@ class Session:
         self.lapses[reason] = (held, newest)
         self.wake()
 
-    def take(self) -> list[str]:
+    def take(self, replies_only: bool = False) -> list[str]:
         """Frames to write now: replies first, then one invalidate with every pending key not held, then
-        the replies that had to wait for it."""
+        the replies that had to wait for it. `replies_only` (the client has its unread budget
+        unacknowledged): the replies, and everything else waits, coalescing."""
         frames, self.controls = self.controls, []
         self.taken_commit_ms = 0
+        if replies_only:
+            return frames
         if self.pending:
             if not self.held:  # the common case: everything pending goes
                 ready, self.pending = self.pending, {}

@@ -46,7 +46,7 @@ class GatewaySettings:
     dev_mode: bool = False                          # accept the published development secret (make up sets it)
 
 
-MIN_UNREAD_BYTES = 1024  # below this a single frame holds a connection until the next pong
+MIN_UNREAD_BYTES = 1024  # a smaller budget would hold a connection after almost every frame, a ping each
 JWKS_TIMING = ("jwks_timeout_s", "jwks_refresh_s", "jwks_retry_s", "jwks_unknown_kid_s")
 
 # The secret the README, the demo and `make up` use. Anyone can mint tokens for "*" with it, so a

@@ -6,9 +6,11 @@ connections, so this protocol offers the app, as the ASGI extension `freshwire.s
 accepted connection, a synchronous path instead: `sendable()` says whether a write would go out now
 (the connection is open and its transport is below its write-buffer high-water mark), `write_texts()`
 writes whole text frames to the transport (each frame encoded once, whoever it goes to), and
-`on_writable()` registers the callback run when a paused transport drains. Everything else (the
-handshake, pings, closes, reads) is uvicorn's, unchanged; the app keeps its plain ASGI path where the
-extension is absent (another server, Starlette's TestClient).
+`on_writable()` registers the callback run when a paused transport drains or a held one is
+acknowledged, and `holding()` says the client has its unread budget (`limit_unread()`) unacknowledged:
+then only replies go, and invalidations wait. The acknowledgement pings and their pongs are this
+protocol's; everything else (the handshake, keepalive pings, closes, reads) is uvicorn's. The app
+keeps its plain ASGI path where the extension is absent (another server, Starlette's TestClient).
 
 Frames written here are whole frames, written between the protocol's own writes on the one event loop,
 so they never interleave with a control frame. With permessage-deflate negotiated they go through the
@@ -41,8 +43,10 @@ NOTSENT_LOWAT_BYTES = 16384
 # buffer, which autotunes to megabytes: a client that read slower than its keys changed was measured
 # 9-14 s behind on both write paths, bench/slow_reader.py), but a WebSocket pong can: a client answers
 # a ping only after reading every frame before it (RFC 6455 5.5.2-3). Past this budget the connection
-# counts as paused (its changes coalesce in its Session) until the pong comes; a ping goes out at half of
-# it, so a prompt reader's pong is back before the budget is spent.
+# holds its invalidations (they coalesce in its Session; replies and closes still go) until a pong
+# comes. A ping goes out after every half budget, at most two in flight, so a prompt reader's pong is
+# back before the budget is spent while a round trip carries less than it. The app sets it per
+# connection (`limit_unread`, from FRESHWIRE_UNREAD_BYTES, before its first write); 0 turns it off.
 UNREAD_BUDGET_BYTES = 16384
 ACK_PING_PREFIX = b"fw-ack"
 
@@ -143,13 +147,13 @@ class FreshwireWebSocketProtocol(WebSocketsSansIOProtocol):
 
     drained: Callable[[], None] | None = None
     paused = False  # the transport's write buffer is above its high-water mark
-    held = False  # more than unread_budget bytes written and not yet acknowledged by a pong
+    held = False  # unread_budget bytes or more written and not yet acknowledged by a pong
     unread_budget = UNREAD_BUDGET_BYTES
     written = 0  # bytes of data frames written, since the handshake
     acked = 0  # of them, those the client has read (its pong to a ping sent after them came back)
     pings = 0  # pings sent (acknowledgement and keepalive), to order them
-    ack_ping: tuple[bytes, int, int] | None = None  # the acknowledgement ping in flight: payload, mark, seq
-    keepalive_ping: tuple[int, int] = (0, 0)  # uvicorn's keepalive ping in flight: mark, seq
+    ack_pings: tuple[tuple[int, int], ...] = ()  # acknowledgement pings in flight (at most 2): seq, mark
+    keepalive_ping: tuple[int, int] = (0, 0)  # uvicorn's last keepalive ping: seq, mark
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -193,10 +197,12 @@ class FreshwireWebSocketProtocol(WebSocketsSansIOProtocol):
     def sendable(self) -> bool:
         """True when a frame written now goes out in order: accepted (the app asks only after that), no
         close sent (by the app, a keepalive timeout or a protocol error) or received (the transport is
-        then closing), the transport below its high-water mark (not paused) and the client's unread
-        bytes within their budget (not held)."""
-        return (not (self.paused or self.held or self.close_sent or self.transport.is_closing())
-                and self.conn.state is State.OPEN)
+        then closing), and the transport below its high-water mark (not paused)."""
+        return not (self.paused or self.close_sent or self.transport.is_closing()) and self.conn.state is State.OPEN
+
+    def holding(self) -> bool:
+        """True while the client has the unread budget or more unacknowledged: write replies only."""
+        return self.held
 
     def write_texts(self, texts: list[str]) -> None:
         """Whole text frames, in order; call only when sendable()."""
@@ -215,7 +221,8 @@ class FreshwireWebSocketProtocol(WebSocketsSansIOProtocol):
         self.drained = callback
 
     def limit_unread(self, budget: int) -> None:
-        """Bytes the client may have unread before the connection counts as paused (0: no limit)."""
+        """Bytes the client may have unread before its invalidations wait (0: no limit); set it before the
+        first write (a budget lowered while holding would not release until the next pong)."""
         if budget != self.unread_budget:  # the default stays on the class: no attribute per connection
             self.unread_budget = budget
 
@@ -223,59 +230,60 @@ class FreshwireWebSocketProtocol(WebSocketsSansIOProtocol):
     def _wrote(self, n: int) -> None:
         self.written += n
         budget = self.unread_budget
-        if not budget:
-            return
-        unread = self.written - self.acked
-        if unread >= budget // 2 and self.ack_ping is None:
-            self._send_ack_ping()
-        if unread >= budget and not self.held:
-            self.held = True
-            self.writable.clear()
+        if budget:
+            self._ping_if_due(budget)
+            if self.written - self.acked >= budget:
+                self.held = True
 
-    def _send_ack_ping(self) -> None:
+    def _ping_if_due(self, budget: int) -> None:
+        """An acknowledgement ping once half a budget has been written since the last one (or since the
+        last acknowledgement), unless two are in flight already."""
+        since = self.ack_pings[-1][1] if self.ack_pings else self.acked
+        if self.written - since < budget // 2 or len(self.ack_pings) >= 2:
+            return
         if self.close_sent or self.conn.state is not State.OPEN or self.transport.is_closing():
             return
         self.pings += 1
-        payload = ACK_PING_PREFIX + self.pings.to_bytes(8, "big")
-        self.ack_ping = (payload, self.written, self.pings)
-        self.conn.send_ping(payload)
+        self.ack_pings = (*self.ack_pings, (self.pings, self.written))
+        self.conn.send_ping(ACK_PING_PREFIX + self.pings.to_bytes(8, "big"))
         self.transport.write(b"".join(self.conn.data_to_send()))
 
     def send_keepalive_ping(self) -> None:
         self.pings += 1
-        self.keepalive_ping = (self.written, self.pings)
+        self.keepalive_ping = (self.pings, self.written)
         super().send_keepalive_ping()
 
     def handle_pong(self, event: Frame) -> None:
         """A pong acknowledges what was written before its ping. A client may answer only the latest of
-        several pings (RFC 6455 5.5.3), so a pong to a later ping answers the earlier one too."""
+        several pings (RFC 6455 5.5.3), so a pong to a later ping answers the earlier ones too, uvicorn's
+        keepalive ping included."""
         data = bytes(event.data)
-        ack, keepalive = self.ack_ping, self.pending_ping_payload
-        if ack is not None and data == ack[0]:
-            self.ack_ping = None
-            self.acked = max(self.acked, ack[1])
-            if keepalive is not None and self.keepalive_ping[1] < ack[2]:
+        keepalive = self.pending_ping_payload
+        seq = int.from_bytes(data[len(ACK_PING_PREFIX):], "big") if data.startswith(ACK_PING_PREFIX) else 0
+        mark = next((m for s, m in self.ack_pings if s == seq), None) if seq else None
+        if mark is not None:
+            self.acked = max(self.acked, mark)
+            self.ack_pings = tuple(p for p in self.ack_pings if p[0] > seq)
+            if keepalive is not None and self.keepalive_ping[0] < seq:
                 super().handle_pong(Frame(Opcode.PONG, keepalive))
         elif keepalive is not None and data == keepalive:
-            self.acked = max(self.acked, self.keepalive_ping[0])
-            if ack is not None and ack[2] < self.keepalive_ping[1]:
-                self.ack_ping = None
+            seq, mark = self.keepalive_ping
+            self.acked = max(self.acked, mark)
+            self.ack_pings = tuple(p for p in self.ack_pings if p[0] > seq)
             super().handle_pong(event)
-            return self._acknowledged()
         else:
-            return super().handle_pong(event)
+            super().handle_pong(event)
+            return
         self._acknowledged()
 
     def _acknowledged(self) -> None:
-        unread, budget = self.written - self.acked, self.unread_budget
-        if budget and unread >= budget // 2 and self.ack_ping is None:
-            self._send_ack_ping()
-        if self.held and unread < budget:
+        budget = self.unread_budget
+        if budget:
+            self._ping_if_due(budget)
+        if self.held and self.written - self.acked < budget:
             self.held = False
-            if not self.paused:
-                self.writable.set()
-                if self.drained is not None:
-                    self.drained()
+            if self.drained is not None:
+                self.drained()
 
     # -- uvicorn's callbacks, extended
     def pause_writing(self) -> None:
@@ -284,8 +292,6 @@ class FreshwireWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def resume_writing(self) -> None:
         self.paused = False
-        if self.held:
-            return  # writable again once the pong comes
         super().resume_writing()
         if self.drained is not None:
             self.drained()

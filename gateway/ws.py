@@ -55,7 +55,7 @@ async def endpoint(ws: WebSocket) -> None:
     sink = sink_of(ws)
     if sink is not None:
         sink.limit_unread(state.settings.unread_bytes)
-    conn = Connection(ws, state, session, grant, sink if state.settings.direct_writes else None)
+    conn = Connection(ws, state, session, grant, sink if state.settings.direct_writes else None, budget=sink)
     try:
         await conn.run()
     finally:
@@ -74,6 +74,8 @@ class Sink(Protocol):
     def write_texts(self, texts: list[str]) -> None: ...
 
     def on_writable(self, callback: Callable[[], None] | None) -> None: ...
+
+    def holding(self) -> bool: ...
 
     def limit_unread(self, budget: int) -> None: ...
 
@@ -183,11 +185,13 @@ class Connection:
     (written at once while the transport takes them, the Session coalescing what waits while it is
     paused)."""
 
-    __slots__ = ("awaits", "ending", "grant", "out", "rate", "session", "sink", "state", "wake", "ws")
+    __slots__ = ("awaits", "budget", "ending", "grant", "out", "rate", "session", "sink", "state", "wake", "ws")
 
     def __init__(self, ws: WebSocket, state: GatewayState, session: Session, grant: Grant,
-                 sink: Sink | None = None) -> None:
+                 sink: Sink | None = None, budget: Sink | None = None) -> None:
         self.ws, self.state, self.session, self.grant, self.sink = ws, state, session, grant, sink
+        # the server's unread budget (holding(): only replies go), on either write path
+        self.budget = sink if budget is None else budget
         self.rate = RateGuard(state.settings.max_messages_per_s, state.settings.max_rate_strikes, time.monotonic())
         self.ending: Ending | None = None  # None while open: the lifecycle is this one field
         self.awaits: set[asyncio.Task[None]] | None = None  # made by the first await
@@ -202,6 +206,8 @@ class Connection:
         else:
             writer = asyncio.create_task(self._writer(), name=f"writer-{self.session.conn_id}")
             writer.add_done_callback(self._supervise)
+            if self.budget is not None and self.wake is not None:
+                self.budget.on_writable(self.wake.set)  # acknowledged: what waited can go
         # A timer rather than a sleeping task: it is one per connection, and much smaller.
         loop = asyncio.get_running_loop()
         expiry = loop.call_at(loop.time() + max(0.0, self.grant.expires_at - time.time()), self._expire)
@@ -213,8 +219,9 @@ class Connection:
             self._end(E.CLOSE_POLICY, str(exc))
         finally:
             expiry.cancel()
+            if self.budget is not None:
+                self.budget.on_writable(None)
             if self.sink is not None:
-                self.sink.on_writable(None)
                 self.session.wake = _nothing
             for task in list(self.awaits or ()):
                 task.cancel()
@@ -276,7 +283,7 @@ class Connection:
             if not sink.sendable():
                 return
             session = self.session
-            frames = session.take()
+            frames = session.take(sink.holding())
             if not frames:
                 return
             if session.taken_commit_ms:
@@ -308,7 +315,8 @@ class Connection:
         assert self.wake is not None
         while True:
             await self.wake.wait()
-            for frame in self.session.take():
+            budget = self.budget
+            for frame in self.session.take(budget is not None and budget.holding()):
                 await self.ws.send_text(frame)
             if self.session.taken_commit_ms:
                 lag = time.time() - self.session.taken_commit_ms / 1000

@@ -44,6 +44,12 @@ class FakeSink:
     def sendable(self) -> bool:
         return self.open
 
+    def holding(self) -> bool:
+        return False
+
+    def limit_unread(self, budget: int) -> None:
+        pass
+
     def write_texts(self, texts: list[str]) -> None:
         if self.fail:
             raise ValueError("injected write failure")

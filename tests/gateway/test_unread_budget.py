@@ -1,18 +1,26 @@
 """What a client has not read yet is bounded (gateway/uvicorn_ws.py, FRESHWIRE_UNREAD_BYTES): the gateway
 pings after every half budget of frames, a client's pong says it read everything before that ping, and
-past the budget the connection counts as paused, so its changes coalesce in its Session instead of
-queueing, stale, in its socket buffers. Real uvicorn server, real sockets, real websockets clients."""
+past the budget its invalidations wait, coalescing in its Session instead of queueing, stale, in its
+socket buffers; replies and closes still go. Real uvicorn server, real sockets; real websockets
+clients, and a raw one that answers pings only when told to."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
+import os
+from base64 import b64encode
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 from gw_support import token, ver
 from test_client_resume import serve
 from test_fanout_direct import received_bytes
 from websockets.asyncio.client import connect
+from websockets.frames import Frame, Opcode
 from websockets.typing import Subprotocol
 
 from gateway.backend_memory import MemoryBackend
@@ -78,7 +86,8 @@ async def test_a_prompt_reader_gets_every_version_with_keepalive_pings_in_betwee
         conn = getattr(server.wake, "__self__", None)
         assert isinstance(conn, Connection) and isinstance(conn.sink, FreshwireWebSocketProtocol)
         protocol = conn.sink
-        protocol.ping_interval = protocol.ping_timeout = 0.05  # keepalive pings at 20 Hz, each with a deadline
+        protocol.stop_keepalive()
+        protocol.ping_interval, protocol.ping_timeout = 0.05, 2.0  # keepalive pings at 20 Hz, with a deadline
         protocol.start_keepalive()
         seen: list[str] = []
 
@@ -93,7 +102,7 @@ async def test_a_prompt_reader_gets_every_version_with_keepalive_pings_in_betwee
         await reading
         assert seen == sorted(set(seen)) and seen[-1] == ver(2000)
         assert server.coalesced < 1000  # held only briefly: most versions went out one by one
-        assert protocol.pings > 10 and not protocol.held  # acknowledgement pings were sent and answered
+        assert protocol.acked > 0 and not protocol.held  # acknowledgement pings were sent and answered
         await ws.send(json.dumps({"op": "ping", "id": 2}))
         assert json.loads(await asyncio.wait_for(ws.recv(), 5)) == {"type": "pong", "id": 2}
 
@@ -115,3 +124,162 @@ def test_unread_bytes_zero_turns_it_off_and_the_default_is_16_kib(monkeypatch: p
     else:
         monkeypatch.setenv("FRESHWIRE_UNREAD_BYTES", value)
     assert load_gateway_settings().unread_bytes == budget
+
+
+# -- a raw client: it reads every frame, and answers a ping only when the test says so
+
+
+class RawClient:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.pings: list[bytes] = []  # pings received and not answered yet
+        self.versions: list[str] = []
+
+    async def frame(self, timeout_s: float = 5.0) -> tuple[Opcode, bytes]:
+        async def one() -> tuple[Opcode, bytes]:
+            b0, b1 = await self.reader.readexactly(2)
+            n = b1 & 0x7F
+            if n >= 126:
+                n = int.from_bytes(await self.reader.readexactly(2 if n == 126 else 8), "big")
+            return Opcode(b0 & 0x0F), await self.reader.readexactly(n)
+        return await asyncio.wait_for(one(), timeout_s)
+
+    async def next_reply(self, timeout_s: float = 5.0) -> dict[str, Any]:
+        """The next text frame that is not an invalidate (pings are kept, invalidates counted)."""
+        while True:
+            opcode, payload = await self.frame(timeout_s)
+            if opcode is Opcode.PING:
+                self.pings.append(payload)
+            elif opcode is Opcode.TEXT:
+                message: dict[str, Any] = json.loads(payload)
+                if message.get("type") != "invalidate":
+                    return message
+                self.versions.append(message["keys"]["k"])
+            elif opcode is Opcode.CLOSE:
+                return {"type": "close", "code": int.from_bytes(payload[:2], "big")}
+
+    def send(self, opcode: Opcode, payload: bytes) -> None:
+        self.writer.write(Frame(opcode, payload).serialize(mask=True))
+
+    def answer_latest_ping(self) -> None:
+        """A pong to the latest ping only (RFC 6455 5.5.3 allows skipping the earlier ones)."""
+        if self.pings:
+            self.send(Opcode.PONG, self.pings[-1])
+            self.pings = []
+
+
+@asynccontextmanager
+async def raw_client(url: str, tok: str) -> AsyncIterator[RawClient]:
+    host_port = url.removeprefix("ws://").split("/", 1)[0]
+    host, port = host_port.split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    key = b64encode(os.urandom(16)).decode()
+    writer.write((f"GET /ws?token={tok} HTTP/1.1\r\nHost: {host_port}\r\nUpgrade: websocket\r\n"
+                  f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+                  "Sec-WebSocket-Protocol: freshwire.v1\r\n\r\n").encode())
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    client = RawClient(reader, writer)
+    try:
+        client.send(Opcode.TEXT, json.dumps({"op": "subscribe", "id": 1, "keys": ["k"]}).encode())
+        assert (await client.next_reply())["type"] == "subscribed"
+        yield client
+    finally:
+        writer.close()
+
+
+def _protocol_of(state: Any) -> FreshwireWebSocketProtocol:
+    """The server side of the one connection: its Connection's budget (the direct path wakes the
+    Connection itself, the writer-task path its Wake, which only the Connection refers to)."""
+    (session,) = state.hub.sessions
+    owner = getattr(session.wake, "__self__", None)
+    conn = owner if isinstance(owner, Connection) else next(
+        r for r in gc.get_referrers(owner) if isinstance(r, Connection))
+    assert isinstance(conn.budget, FreshwireWebSocketProtocol)
+    return conn.budget
+
+
+async def _hold(backend: MemoryBackend, client: RawClient, protocol: FreshwireWebSocketProtocol) -> int:
+    """Release versions (the client reads them, answering no ping) until the budget is spent; the last n."""
+    n = 0
+    while not protocol.holding():
+        n += 1
+        backend.release(ver(n), ["k"])
+        await asyncio.sleep(0)
+        assert n < 1000, "never held"
+    return n
+
+
+@pytest.mark.parametrize("direct_writes", [False, True], ids=["writer-task", "direct"])
+async def test_replies_still_go_while_invalidations_wait_for_the_pong(direct_writes: bool) -> None:
+    backend = MemoryBackend()
+    async with serve(backend, direct_writes=direct_writes, unread_bytes=MIN_UNREAD_BYTES) as (url, state), \
+            raw_client(url, token()) as client:
+        protocol = _protocol_of(state)
+        protocol.stop_keepalive()
+        n = await _hold(backend, client, protocol)
+        for extra in range(1, 6):  # released while held: they wait, coalescing
+            backend.release(ver(n + extra), ["k"])
+        client.send(Opcode.TEXT, json.dumps({"op": "ping", "id": 9}).encode())
+        assert await client.next_reply() == {"type": "pong", "id": 9}  # the reply did not wait
+        assert ver(n + 5) not in client.versions and protocol.holding()
+        client.answer_latest_ping()  # the pong: what waited goes, coalesced into the newest version
+        while ver(n + 5) not in client.versions:
+            opcode, payload = await client.frame()
+            if opcode is Opcode.TEXT:
+                client.versions.append(json.loads(payload)["keys"]["k"])
+        assert ver(n + 1) not in client.versions  # coalesced
+
+
+@pytest.mark.parametrize("direct_writes", [False, True], ids=["writer-task", "direct"])
+async def test_a_held_connection_is_still_closed_at_once_when_its_token_expires(direct_writes: bool) -> None:
+    """A close is not held by the budget, even with keepalive pings off (nothing else would end it)."""
+    backend = MemoryBackend()
+    async with serve(backend, direct_writes=direct_writes, unread_bytes=MIN_UNREAD_BYTES) as (url, state), \
+            raw_client(url, token(ttl_s=2)) as client:
+        protocol = _protocol_of(state)
+        protocol.stop_keepalive()
+        await _hold(backend, client, protocol)
+        assert (await client.next_reply(timeout_s=5))["code"] == 4001
+
+
+async def test_a_client_that_answers_only_the_latest_ping_is_neither_held_nor_closed() -> None:
+    """Acknowledgement pings and uvicorn's keepalive pings (10 Hz, a 1 s pong deadline); the client
+    answers only the latest of the pings it has, so most pongs answer several pings at once."""
+    backend = MemoryBackend()
+    async with serve(backend, direct_writes=True, unread_bytes=MIN_UNREAD_BYTES) as (url, state), \
+            raw_client(url, token()) as client:
+        protocol = _protocol_of(state)
+        protocol.stop_keepalive()
+        protocol.ping_interval, protocol.ping_timeout = 0.1, 1.0
+        protocol.start_keepalive()
+        versions = 600
+
+        async def read() -> None:
+            while not client.versions or client.versions[-1] != ver(versions):
+                opcode, payload = await client.frame()
+                if opcode is Opcode.PING:
+                    client.pings.append(payload)
+                    if len(client.pings) >= 2:
+                        client.answer_latest_ping()
+                elif opcode is Opcode.TEXT:
+                    client.versions.append(json.loads(payload)["keys"]["k"])
+                else:
+                    raise AssertionError(f"{opcode.name} frame: {payload!r}")
+                if not client.pings:
+                    continue
+                await asyncio.sleep(0)
+
+        async def answer_stragglers() -> None:  # a lone ping is answered after a while, as the latest
+            while True:
+                await asyncio.sleep(0.05)
+                client.answer_latest_ping()
+
+        reading, straggling = asyncio.create_task(read()), asyncio.create_task(answer_stragglers())
+        for n in range(1, versions + 1):  # ~3 s: keepalive deadlines pass many times meanwhile
+            backend.release(ver(n), ["k"])
+            await asyncio.sleep(0.005)
+        await asyncio.wait_for(reading, 10)
+        straggling.cancel()
+        assert client.versions == sorted(set(client.versions)) and client.versions[-1] == ver(versions)
+        assert protocol.acked > 0 and not protocol.close_sent

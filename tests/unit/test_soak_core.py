@@ -93,8 +93,8 @@ def test_samples_without_a_phase_cannot_be_judged() -> None:
         verdicts(_run()[:-1])
 
 
-def test_the_sink_is_met_with_a_post_per_write_or_more_and_missed_with_fewer() -> None:
-    assert sink_verdict(commits=1000, posts=1000).met
-    assert sink_verdict(commits=1000, posts=1003).met  # at least once: a batch sent again after a lost answer
-    missed = sink_verdict(commits=1000, posts=996)
+def test_the_sink_is_met_with_a_batch_per_write_or_more_and_missed_with_fewer() -> None:
+    assert sink_verdict(commits=1000, batches=1000).met
+    assert sink_verdict(commits=1000, batches=1003).met  # a write by someone else is a batch too
+    missed = sink_verdict(commits=1000, batches=996)
     assert not missed.met and missed.figure == 996 and missed.target == ">= 1000"
