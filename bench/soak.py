@@ -23,7 +23,7 @@ churn, cool-down (no clients). Verdicts (bench/soak_core.py): RSS growth over th
 the churn; fds, threads, tasks and Redis keys back at or under the baseline; once the writer stops and
 the sink catches up (at most SINK_CATCH_UP_S), a sink batch POSTed for every committed write (distinct
 versions: a batch sent twice counts once). Writes
-bench/results/soak.json and soak.png; exits 1 when a target is missed.
+bench/results/soak.json and soak.png (`--name` for another name); exits 1 when a target is missed.
 """
 
 from __future__ import annotations
@@ -514,7 +514,7 @@ async def run_soak(s: StackSettings, plan: Plan, log: Any = print) -> dict[str, 
             "verdicts": [v.as_dict() for v in found], "met": all(v.met for v in found)}
 
 
-def plot(record: dict[str, Any]) -> None:
+def plot(record: dict[str, Any], name: str = "soak") -> None:
     plt = report.pyplot()
     samples = record["samples"]
     fig, axes = plt.subplots(4, 1, figsize=(10, 12), sharex=True)
@@ -541,7 +541,7 @@ def plot(record: dict[str, Any]) -> None:
             ax.axvline(x, color="grey", linestyle="--", linewidth=0.8)
     axes[3].set_xlabel("minutes (dashed: phase changes; red dotted: Redis, then cdc SIGKILLed and restarted)")
     fig.suptitle("Soak: memory and short-lived state under churn")
-    report.save_figure(fig, "soak")
+    report.save_figure(fig, name)
 
 
 async def until_signalled(work: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any]:
@@ -562,6 +562,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sessions-per-s", type=float, default=10.0)
     parser.add_argument("--max-clients", type=int, default=100)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--name", default="soak", help="bench/results/<name>.json and .png")
     args = parser.parse_args(argv)
     plan = Plan(churn_s=args.minutes * 60, rate=args.rate, sample_s=args.sample_s,
                 sessions_per_s=args.sessions_per_s, max_clients=args.max_clients, seed=args.seed)
@@ -575,8 +576,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         stack.down(s, only=started, quiet=True)
     record["machine"] = report.machine_info()
-    report.write_json("soak", record)
-    plot(record)
+    report.write_json(args.name, record)
+    plot(record, args.name)
     print(f"churn: {record['churn']['opened']} sessions; writes: {record['writes']['commits']}; "
           f"sink posts: {record['sink_posts']}; faults: {record['faults']}")
     for v in record["verdicts"]:
