@@ -46,7 +46,7 @@ lint:
 # needs and stops what it started). `make bench` runs them all one after the other (~40 minutes,
 # 10 of them the sustained-throughput hold); never run two at once: they share the two cores.
 bench: bench-latency bench-throughput bench-fanout bench-dbload bench-consistency bench-bigtx bench-redis \
-       bench-durability
+       bench-durability bench-slow-reader
 
 # The 60-minute soak (bench/soak.py): churn of connections and awaits, writes at 200 tx/s, Redis and the
 # consumer SIGKILLed part-way; RSS, fds, tasks and Redis keys sampled every 10 s (bench/results/soak.*).
@@ -63,6 +63,8 @@ BENCH_bigtx := bench.bigtx
 BENCH_redis := bench.redis_release
 # A Redis Cluster master SIGKILLed under releases, without and with WAIT (~75 s, a cluster of its own).
 BENCH_durability := bench.redis_durability
+# One client reading slower than its key changes, each write path with and without the unread budget (~2 min).
+BENCH_slow-reader := bench.slow_reader
 
 bench-%: install
 	@$(if $(BENCH_$*),$(PY) -m $(BENCH_$*),echo "no benchmark bench-$*; see docs/benchmarks.md" >&2; exit 2)
