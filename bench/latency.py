@@ -303,12 +303,13 @@ def census_during(s: StackSettings, seen: Observation, seconds: float, out: dict
     if seen.clients_pid is not None:
         roles["bench clients"] = seen.clients_pid
     margin = min(1.0, seconds / 4)
+    alone = frozenset({"bench writers"})  # this process, without the clients' child process
 
     def take() -> None:
         time.sleep(margin)
-        stall0, before, t0 = sched.pressure(), sched.snapshot(roles, frozenset({"bench writers"})), time.monotonic()
+        stall0, before, t0 = sched.pressure(), sched.snapshot(roles, alone), time.monotonic()
         time.sleep(seconds - 2 * margin)
-        out.update(sched.split(before, sched.snapshot(roles, frozenset({"bench writers"})), time.monotonic() - t0))
+        out.update(sched.split(before, sched.snapshot(roles, alone), time.monotonic() - t0))
         out["stall_ms"] = sched.stalls(stall0, sched.pressure())
 
     thread = threading.Thread(target=take, daemon=True)

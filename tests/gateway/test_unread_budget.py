@@ -158,6 +158,20 @@ class RawClient:
             elif opcode is Opcode.CLOSE:
                 return {"type": "close", "code": int.from_bytes(payload[:2], "big")}
 
+    async def read_until(self, version: str, answer_at: int = 0) -> None:
+        """Read invalidates until `version` arrives; pings are kept, and with `answer_at` the latest is
+        answered once that many wait. Any other frame fails the test."""
+        while version not in self.versions:
+            opcode, payload = await self.frame()
+            if opcode is Opcode.PING:
+                self.pings.append(payload)
+                if answer_at and len(self.pings) >= answer_at:
+                    self.answer_latest_ping()
+            elif opcode is Opcode.TEXT:
+                self.versions.append(json.loads(payload)["keys"]["k"])
+            else:
+                raise AssertionError(f"{opcode.name} frame: {payload!r}")
+
     def send(self, opcode: Opcode, payload: bytes) -> None:
         self.writer.write(Frame(opcode, payload).serialize(mask=True))
 
@@ -199,7 +213,7 @@ def _protocol_of(state: Any) -> FreshwireWebSocketProtocol:
     return conn.budget
 
 
-async def _hold(backend: MemoryBackend, client: RawClient, protocol: FreshwireWebSocketProtocol) -> int:
+async def _hold(backend: MemoryBackend, protocol: FreshwireWebSocketProtocol) -> int:
     """Release versions (the client reads them, answering no ping) until the budget is spent; the last n."""
     n = 0
     while not protocol.holding():
@@ -217,17 +231,14 @@ async def test_replies_still_go_while_invalidations_wait_for_the_pong(direct_wri
             raw_client(url, token()) as client:
         protocol = _protocol_of(state)
         protocol.stop_keepalive()
-        n = await _hold(backend, client, protocol)
+        n = await _hold(backend, protocol)
         for extra in range(1, 6):  # released while held: they wait, coalescing
             backend.release(ver(n + extra), ["k"])
         client.send(Opcode.TEXT, json.dumps({"op": "ping", "id": 9}).encode())
         assert await client.next_reply() == {"type": "pong", "id": 9}  # the reply did not wait
         assert ver(n + 5) not in client.versions and protocol.holding()
         client.answer_latest_ping()  # the pong: what waited goes, coalesced into the newest version
-        while ver(n + 5) not in client.versions:
-            opcode, payload = await client.frame()
-            if opcode is Opcode.TEXT:
-                client.versions.append(json.loads(payload)["keys"]["k"])
+        await client.read_until(ver(n + 5))
         assert ver(n + 1) not in client.versions  # coalesced
 
 
@@ -239,7 +250,7 @@ async def test_a_held_connection_is_still_closed_at_once_when_its_token_expires(
             raw_client(url, token(ttl_s=2)) as client:
         protocol = _protocol_of(state)
         protocol.stop_keepalive()
-        await _hold(backend, client, protocol)
+        await _hold(backend, protocol)
         assert (await client.next_reply(timeout_s=5))["code"] == 4001
 
 
@@ -255,27 +266,13 @@ async def test_a_client_that_answers_only_the_latest_ping_is_neither_held_nor_cl
         protocol.start_keepalive()
         versions = 600
 
-        async def read() -> None:
-            while not client.versions or client.versions[-1] != ver(versions):
-                opcode, payload = await client.frame()
-                if opcode is Opcode.PING:
-                    client.pings.append(payload)
-                    if len(client.pings) >= 2:
-                        client.answer_latest_ping()
-                elif opcode is Opcode.TEXT:
-                    client.versions.append(json.loads(payload)["keys"]["k"])
-                else:
-                    raise AssertionError(f"{opcode.name} frame: {payload!r}")
-                if not client.pings:
-                    continue
-                await asyncio.sleep(0)
-
         async def answer_stragglers() -> None:  # a lone ping is answered after a while, as the latest
             while True:
                 await asyncio.sleep(0.05)
                 client.answer_latest_ping()
 
-        reading, straggling = asyncio.create_task(read()), asyncio.create_task(answer_stragglers())
+        reading = asyncio.create_task(client.read_until(ver(versions), answer_at=2))
+        straggling = asyncio.create_task(answer_stragglers())
         for n in range(1, versions + 1):  # ~3 s: keepalive deadlines pass many times meanwhile
             backend.release(ver(n), ["k"])
             await asyncio.sleep(0.005)
