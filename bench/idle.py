@@ -32,13 +32,12 @@ from pathlib import Path
 from typing import Any
 
 from bench import latency
-from bench.procfs import CLK_TCK, descendants, jit_share, machine_ticks, read_text, stat_fields, thread_ticks
+from bench.procfs import CLK_TCK, JVM_ROLES, descendants, jit_share, machine_ticks, read_text, stat_fields, thread_ticks
 from bench.report import machine_info, write_json
 from connectors import register, stack
 from connectors.stack_settings import StackSettings, load_stack_settings
 
 IDLE_TARGET_PCT = 5.0  # the whole stack at rest, % of one core (issue #15)
-JVMS = ("kafka", "connect")
 TOP_THREADS = 8
 
 
@@ -76,7 +75,7 @@ def measure(roles: dict[str, int], seconds: float, threads: bool = False) -> dic
     """Each role's CPU seconds over `seconds` of wall time (the caller does what it wants meanwhile:
     this only samples before and after)."""
     before = {r: process_seconds(p) for r, p in roles.items()}
-    tbefore = {r: thread_ticks(roles[r]) for r in JVMS if r in roles} if threads else {}
+    tbefore = {r: thread_ticks(roles[r]) for r in JVM_ROLES if r in roles} if threads else {}
     m0 = machine_ticks(Path("/proc/stat").read_text())
     start = time.monotonic()
     time.sleep(seconds)

@@ -100,7 +100,7 @@ def warm_up(s: StackSettings, ids: list[int], rate: float, at_least_s: float) ->
     in all. A JVM compiles for minutes after it starts or meets new load: 15 s of warm-up measured
     1k tx/s at p50 28 ms with C2 at 17-20 % of a core in each JVM, against 10.7 ms once it was done.
     A deployment's JVMs have long finished compiling: that is the state to measure."""
-    jvms = {r: pid for r, pid in stack.running_parts(s).items() if r in ("kafka", "connect")}
+    jvms = {r: pid for r, pid in stack.running_parts(s).items() if r in procfs.JVM_ROLES}
     write_all(s, ids, rate, at_least_s, {})
     waited, jit = at_least_s, None  # None: no step measured (no JVM found, or --warmup past WARM_MAX_S)
     while jvms and waited < WARM_MAX_S:

@@ -92,6 +92,10 @@ def thread_ticks(pid: int) -> dict[str, int]:
     return out
 
 
+# The stack's parts that are JVMs (their JIT threads are what jit_share counts).
+JVM_ROLES = ("kafka", "connect")
+
+
 def jit_share(before: dict[str, int], after: dict[str, int], wall_s: float) -> float:
     """Pure: % of one core the JIT compiler threads (C1, C2) used over the window: a JVM that started or
     met new load minutes ago is still compiling, which is not its cost at rest."""

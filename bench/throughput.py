@@ -8,7 +8,10 @@
    gateway, while one WebSocket client (its own process) holds all 200 cards. A step holds when the
    writers reached 95 % of the rate, the commit → client p99 stayed under 250 ms, and the consumer's
    time lag (commit → the release's pubsub message, the worst in any second) stayed under 1 s.
-2. Hold: the highest rate that held runs for --hold-seconds; every 10 s window is reported.
+2. Hold: --hold-rate (the target's 6,000 by default), or the highest step that held if that is lower,
+   runs for --hold-seconds; every 10 s window is reported. The steps go on past the hold rate (the
+   capacity seen in 30 s), but a 10-minute hold at a step above the target would test more than it
+   asks: 8,000/s held for 30 s and not for 10 minutes says nothing of 6,000/s.
    Steps and hold run --runs times in a row on the same stack (each run starts with the same 10 s
    warm-up at the first rate: what a deployment gets in its first seconds of traffic); the target,
    >= 6,000 events/s for 10 minutes with p99 < 250 ms and lag < 1 s, needs every run to hold it.
@@ -255,9 +258,15 @@ def plot(steps: list[dict[str, Any]], hold: list[dict[str, Any]], hold_rate: flo
     save_figure(fig, "throughput")
 
 
+def hold_rate(best: float, wanted: float) -> float:
+    """Pure: the rate the hold runs at: `wanted` (the target), or the best step if that is lower (0: none
+    held, no hold)."""
+    return min(best, wanted)
+
+
 def one_run(s: StackSettings, ids: list[int], args: argparse.Namespace, n: int) -> dict[str, Any]:
-    """Warm-up, steps up to the first that does not hold, then the hold at the best that did."""
-    run: dict[str, Any] = {"run": n, "steps": [], "hold": None, "best": 0.0}
+    """Warm-up, steps up to the first that does not hold, then the hold at hold_rate()."""
+    run: dict[str, Any] = {"run": n, "steps": [], "hold": None, "best": 0.0, "hold_rate": 0.0}
     warm_up(s, ids, float(args.rates.split(",")[0]), args.rows_per_tx)
     for rate in [float(r) for r in args.rates.split(",")]:
         step = verdict(rate, args.rows_per_tx, args.step_seconds,
@@ -271,13 +280,14 @@ def one_run(s: StackSettings, ids: list[int], args: argparse.Namespace, n: int) 
             break
         run["best"] = rate
         probe(s, ids[0])  # drained before the next step
-    if run["best"] and args.hold_seconds > 0:
+    run["hold_rate"] = rate = hold_rate(run["best"], args.hold_rate)
+    if rate and args.hold_seconds > 0:
         probe(s, ids[0])
-        load = run_load(s, ids, run["best"], args.rows_per_tx, args.hold_seconds)
-        run["hold"] = {**verdict(run["best"], args.rows_per_tx, args.hold_seconds, load),
+        load = run_load(s, ids, rate, args.rows_per_tx, args.hold_seconds)
+        run["hold"] = {**verdict(rate, args.rows_per_tx, args.hold_seconds, load),
                        "windows": windows(load, args.rows_per_tx, WINDOW_S)}
         h = run["hold"]
-        print(f"run {n} hold {run['best']:.0f} ev/s for {args.hold_seconds:.0f} s: achieved "
+        print(f"run {n} hold {rate:.0f} ev/s for {args.hold_seconds:.0f} s: achieved "
               f"{h['achieved_events_per_s']} ev/s, client p50 {h['commit_to_client_ms']['p50']} p99 "
               f"{h['commit_to_client_ms']['p99']} ms, worst lag {h['commit_to_release_ms']['max']} ms, "
               f"{'held' if h['held'] else 'NOT held'}", flush=True)
@@ -288,8 +298,8 @@ def one_run(s: StackSettings, ids: list[int], args: argparse.Namespace, n: int) 
 def sustained_target(runs: list[dict[str, Any]], hold_seconds: float) -> dict[str, Any]:
     """Pure: the issue's sustained target, >= TARGET_EVENTS_S for TARGET_HOLD_S with p99 < 250 ms and
     lag < 1 s, in TARGET_RUNS consecutive runs; with each run's figures (the spread)."""
-    held = [r["hold"] is not None and r["hold"]["held"] and r["best"] >= TARGET_EVENTS_S for r in runs]
-    spread = [{"run": r["run"], "hold_events_per_s": r["best"],
+    held = [r["hold"] is not None and r["hold"]["held"] and r["hold"]["rate"] >= TARGET_EVENTS_S for r in runs]
+    spread = [{"run": r["run"], "hold_events_per_s": r["hold"]["rate"] if r["hold"] else None, "best_step": r["best"],
                "p50_ms": r["hold"]["commit_to_client_ms"]["p50"] if r["hold"] else None,
                "p99_ms": r["hold"]["commit_to_client_ms"]["p99"] if r["hold"] else None,
                "worst_lag_ms": r["hold"]["commit_to_release_ms"]["max"] if r["hold"] else None} for r in runs]
@@ -304,6 +314,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rates", default="2000,4000,6000,8000", help="change events/s, one step each")
     parser.add_argument("--step-seconds", type=float, default=30.0)
     parser.add_argument("--hold-seconds", type=float, default=TARGET_HOLD_S)
+    parser.add_argument("--hold-rate", type=float, default=TARGET_EVENTS_S,
+                        help="events/s of the hold (the highest step that held, if lower)")
     parser.add_argument("--runs", type=int, default=TARGET_RUNS, help="consecutive runs of steps and hold")
     parser.add_argument("--rows-per-tx", type=int, default=10)
     parser.add_argument("--replay-timeout", type=float, default=REPLAY_TIMEOUT_S)
@@ -331,8 +343,8 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         stack.down(s, only=started, quiet=True)
     write_json("throughput", results)
-    last = results["runs"][-1] if results["runs"] else {"steps": [], "hold": None, "best": 0.0}
-    plot(last["steps"], last["hold"]["windows"] if last["hold"] else [], last["best"])
+    last = results["runs"][-1] if results["runs"] else {"steps": [], "hold": None, "hold_rate": 0.0}
+    plot(last["steps"], last["hold"]["windows"] if last["hold"] else [], last["hold_rate"])
 
 
 if __name__ == "__main__":

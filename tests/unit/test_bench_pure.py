@@ -7,7 +7,7 @@ from typing import Any
 
 from bench.latency import HOPS, breakdown, paced
 from bench.report import profile_shares, summary
-from bench.throughput import metric_value, replay_rate, sustained_target, verdict, windows
+from bench.throughput import hold_rate, metric_value, replay_rate, sustained_target, verdict, windows
 
 
 def test_breakdown_joins_commits_messages_and_receipts_by_transaction_and_version() -> None:
@@ -82,8 +82,16 @@ def test_windows_split_by_commit_time() -> None:
 
 
 def _run(n: int, best: float, held: bool = True) -> dict[str, Any]:
-    hold = {"held": held, "commit_to_client_ms": {"p50": 10.0, "p99": 90.0 + n}, "commit_to_release_ms": {"max": 400.0}}
-    return {"run": n, "best": best, "hold": hold if best else None, "steps": []}
+    rate = hold_rate(best, 6000)
+    hold = {"rate": rate, "held": held, "commit_to_client_ms": {"p50": 10.0, "p99": 90.0 + n},
+            "commit_to_release_ms": {"max": 400.0}}
+    return {"run": n, "best": best, "hold_rate": rate, "hold": hold if best else None, "steps": []}
+
+
+def test_the_hold_runs_at_the_target_not_at_a_higher_step() -> None:
+    assert hold_rate(8000, 6000) == 6000   # 8,000 held for a step: the 10-minute hold is the target's 6,000
+    assert hold_rate(4000, 6000) == 4000   # below the target: hold what held (the target is missed anyway)
+    assert hold_rate(0.0, 6000) == 0.0     # no step held: no hold
 
 
 def test_sustained_target_needs_every_run_to_hold_six_thousand_for_ten_minutes() -> None:
@@ -95,3 +103,5 @@ def test_sustained_target_needs_every_run_to_hold_six_thousand_for_ten_minutes()
     assert sustained_target([_run(1, 6000), _run(2, 4000), _run(3, 6000)], 600)["runs_held"] == 2
     assert not sustained_target([_run(1, 6000), _run(2, 6000, held=False), _run(3, 6000)], 600)["met"]
     assert sustained_target([_run(1, 0.0)], 600)["spread"][0]["p99_ms"] is None
+    assert [r["hold_events_per_s"] for r in ok["spread"]] == [6000, 6000, 6000]
+    assert [r["best_step"] for r in ok["spread"]] == [6000, 8000, 6000]
