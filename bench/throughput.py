@@ -229,7 +229,7 @@ def topic_end(s: StackSettings) -> int:
         consumer.close()
 
 
-def plot(steps: list[dict[str, Any]], hold: list[dict[str, Any]], hold_rate: float) -> None:
+def plot(steps: list[dict[str, Any]], hold: list[dict[str, Any]], held_at: float) -> None:
     plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     left.plot([st["rate"] for st in steps], [st["commit_to_client_ms"]["p99"] for st in steps], marker="o",
@@ -254,7 +254,7 @@ def plot(steps: list[dict[str, Any]], hold: list[dict[str, Any]], hold_rate: flo
         right.legend(fontsize=7, loc="lower left")
     right.set_xlabel("minutes")
     right.set_ylabel("events/s")
-    right.set_title(f"hold at {hold_rate:.0f} events/s")
+    right.set_title(f"hold at {held_at:.0f} events/s")
     save_figure(fig, "throughput")
 
 
@@ -266,7 +266,7 @@ def hold_rate(best: float, wanted: float) -> float:
 
 def one_run(s: StackSettings, ids: list[int], args: argparse.Namespace, n: int) -> dict[str, Any]:
     """Warm-up, steps up to the first that does not hold, then the hold at hold_rate()."""
-    run: dict[str, Any] = {"run": n, "steps": [], "hold": None, "best": 0.0, "hold_rate": 0.0}
+    run: dict[str, Any] = {"run": n, "steps": [], "hold": None, "best": 0.0}
     warm_up(s, ids, float(args.rates.split(",")[0]), args.rows_per_tx)
     for rate in [float(r) for r in args.rates.split(",")]:
         step = verdict(rate, args.rows_per_tx, args.step_seconds,
@@ -280,14 +280,14 @@ def one_run(s: StackSettings, ids: list[int], args: argparse.Namespace, n: int) 
             break
         run["best"] = rate
         probe(s, ids[0])  # drained before the next step
-    run["hold_rate"] = rate = hold_rate(run["best"], args.hold_rate)
-    if rate and args.hold_seconds > 0:
+    hold_at = hold_rate(run["best"], args.hold_rate)
+    if hold_at and args.hold_seconds > 0:
         probe(s, ids[0])
-        load = run_load(s, ids, rate, args.rows_per_tx, args.hold_seconds)
-        run["hold"] = {**verdict(rate, args.rows_per_tx, args.hold_seconds, load),
+        load = run_load(s, ids, hold_at, args.rows_per_tx, args.hold_seconds)
+        run["hold"] = {**verdict(hold_at, args.rows_per_tx, args.hold_seconds, load),
                        "windows": windows(load, args.rows_per_tx, WINDOW_S)}
         h = run["hold"]
-        print(f"run {n} hold {rate:.0f} ev/s for {args.hold_seconds:.0f} s: achieved "
+        print(f"run {n} hold {hold_at:.0f} ev/s for {args.hold_seconds:.0f} s: achieved "
               f"{h['achieved_events_per_s']} ev/s, client p50 {h['commit_to_client_ms']['p50']} p99 "
               f"{h['commit_to_client_ms']['p99']} ms, worst lag {h['commit_to_release_ms']['max']} ms, "
               f"{'held' if h['held'] else 'NOT held'}", flush=True)
@@ -343,8 +343,9 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         stack.down(s, only=started, quiet=True)
     write_json("throughput", results)
-    last = results["runs"][-1] if results["runs"] else {"steps": [], "hold": None, "hold_rate": 0.0}
-    plot(last["steps"], last["hold"]["windows"] if last["hold"] else [], last["hold_rate"])
+    last = results["runs"][-1] if results["runs"] else {"steps": [], "hold": None}
+    hold = last["hold"]
+    plot(last["steps"], hold["windows"] if hold else [], hold["rate"] if hold else 0.0)
 
 
 if __name__ == "__main__":
