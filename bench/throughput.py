@@ -258,6 +258,22 @@ def plot(steps: list[dict[str, Any]], hold: list[dict[str, Any]], held_at: float
     save_figure(fig, "throughput")
 
 
+def positive_rate(value: str) -> float:
+    """Pure: an events/s argument, which has to be a finite number above 0."""
+    try:
+        rate = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected events/s, a number: {value!r}") from None
+    if not math.isfinite(rate) or rate <= 0:
+        raise argparse.ArgumentTypeError(f"expected events/s above 0: {value!r}")
+    return rate
+
+
+def rate_list(value: str) -> list[float]:
+    """Pure: --rates, comma-separated events/s, each above 0."""
+    return [positive_rate(part) for part in value.split(",")]
+
+
 def hold_rate(best: float, wanted: float) -> float:
     """Pure: the rate the hold runs at: `wanted` (the target), or the best step if that is lower (0: none
     held, no hold)."""
@@ -267,8 +283,8 @@ def hold_rate(best: float, wanted: float) -> float:
 def one_run(s: StackSettings, ids: list[int], args: argparse.Namespace, n: int) -> dict[str, Any]:
     """Warm-up, steps up to the first that does not hold, then the hold at hold_rate()."""
     run: dict[str, Any] = {"run": n, "steps": [], "hold": None, "best": 0.0}
-    warm_up(s, ids, float(args.rates.split(",")[0]), args.rows_per_tx)
-    for rate in [float(r) for r in args.rates.split(",")]:
+    warm_up(s, ids, args.rates[0], args.rows_per_tx)
+    for rate in args.rates:
         step = verdict(rate, args.rows_per_tx, args.step_seconds,
                        run_load(s, ids, rate, args.rows_per_tx, args.step_seconds))
         run["steps"].append(step)
@@ -311,10 +327,11 @@ def sustained_target(runs: list[dict[str, Any]], hold_seconds: float) -> dict[st
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rates", default="2000,4000,6000,8000", help="change events/s, one step each")
+    parser.add_argument("--rates", type=rate_list, default=rate_list("2000,4000,6000,8000"),
+                        help="change events/s, comma-separated, one step each")
     parser.add_argument("--step-seconds", type=float, default=30.0)
     parser.add_argument("--hold-seconds", type=float, default=TARGET_HOLD_S)
-    parser.add_argument("--hold-rate", type=float, default=TARGET_EVENTS_S,
+    parser.add_argument("--hold-rate", type=positive_rate, default=TARGET_EVENTS_S,
                         help="events/s of the hold (the highest step that held, if lower)")
     parser.add_argument("--runs", type=int, default=TARGET_RUNS, help="consecutive runs of steps and hold")
     parser.add_argument("--rows-per-tx", type=int, default=10)

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import argparse
 import math
 from typing import Any
 
+import pytest
+
 from bench.latency import HOPS, breakdown, paced
 from bench.report import profile_shares, summary
-from bench.throughput import hold_rate, metric_value, replay_rate, sustained_target, verdict, windows
+from bench.throughput import (
+    hold_rate,
+    metric_value,
+    positive_rate,
+    rate_list,
+    replay_rate,
+    sustained_target,
+    verdict,
+    windows,
+)
 
 
 def test_breakdown_joins_commits_messages_and_receipts_by_transaction_and_version() -> None:
@@ -105,3 +117,13 @@ def test_sustained_target_needs_every_run_to_hold_six_thousand_for_ten_minutes()
     assert sustained_target([_run(1, 0.0)], 600)["spread"][0]["p99_ms"] is None
     assert [r["hold_events_per_s"] for r in ok["spread"]] == [6000, 6000, 6000]
     assert [r["best_step"] for r in ok["spread"]] == [6000, 8000, 6000]
+
+
+def test_rate_arguments_are_numbers_above_zero() -> None:
+    assert positive_rate("6000") == 6000.0
+    assert rate_list("2000,4000.5") == [2000.0, 4000.5]
+    for bad in ("0", "-1", "nan", "inf", "fast", ""):
+        with pytest.raises(argparse.ArgumentTypeError):
+            positive_rate(bad)
+    with pytest.raises(argparse.ArgumentTypeError):
+        rate_list("2000,,4000")
