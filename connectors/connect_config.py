@@ -28,9 +28,12 @@ def worker_props(bootstrap: str, host: str, port: int, plugins_dir: Path, replic
         "status.storage.replication.factor": replication_factor,
         "status.storage.partitions": 1,
         "offset.flush.interval.ms": 1000,
-        # The worker's own consumers of its config/offset/status topics (they inherit the worker's
-        # top-level settings) long-poll: a write still comes back at once, an idle worker asks less.
-        "fetch.max.wait.ms": 5000,
+        # fetch.max.wait.ms stays Kafka's 500 for the worker's own consumers of its config/offset/
+        # status topics (they inherit top-level settings). Debezium reads its offsets back through the
+        # offset topic's consumer after every flush, on the task thread, and now and then that read
+        # waits out the consumer's idle long poll instead of being woken: the connector sends nothing
+        # meanwhile. 5000 here gave ~1 s stalls (ended by the next flush), 500 gives <= ~0.5 s, 100
+        # costs ~4 % of a core at rest (docs/benchmarks.md, docs/tuning.md).
         "listeners": f"http://{host}:{port}",
         "rest.advertised.host.name": host,
         "rest.advertised.port": port,
