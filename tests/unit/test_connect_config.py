@@ -1,0 +1,19 @@
+"""The Connect worker's properties (connectors/connect_config.py), as far as they bound a stall."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from connectors.connect_config import worker_props
+
+KAFKA_DEFAULT_FETCH_MAX_WAIT_MS = 500
+
+
+def test_internal_consumers_long_poll_no_longer_than_kafkas_default() -> None:
+    # Debezium reads its offsets back after every flush on the task thread, and that read can wait out
+    # the offset topic consumer's long poll (a lost wake-up; docs/benchmarks.md, "The ~1 s stall,
+    # found"): the worker-level fetch.max.wait.ms is how long the whole connector may stand still.
+    for replication_factor in (1, 3):
+        props = worker_props("127.0.0.1:9092", "127.0.0.1", 8083, Path("/plugins"), replication_factor)
+        assert int(props.get("fetch.max.wait.ms", KAFKA_DEFAULT_FETCH_MAX_WAIT_MS)) <= KAFKA_DEFAULT_FETCH_MAX_WAIT_MS
+        assert int(props["offset.flush.interval.ms"]) == 1000
