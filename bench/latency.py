@@ -47,7 +47,7 @@ import redis
 import websockets
 
 from bench import procfs, sched
-from bench.report import machine_info, pyplot, save_figure, summary, write_json
+from bench.report import machine_info, pyplot, rate_list, save_figure, summary, write_json
 from connectors import register, stack
 from connectors.stack_settings import StackSettings, load_stack_settings
 from contract.redis_layout import CHANNEL, decode_published
@@ -385,7 +385,7 @@ def row(name: str, a: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None, run_arm: Callable[..., dict[str, Any]] = arm) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rates", default="10,100,1000")
+    parser.add_argument("--rates", type=rate_list, default=rate_list("10,100,1000"), help="tx/s, comma-separated")
     parser.add_argument("--subscribers", default="1,100")
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--configs", default=",".join(CONFIGS))
@@ -404,7 +404,7 @@ def main(argv: list[str] | None = None, run_arm: Callable[..., dict[str, Any]] =
                                            for (r, n), t in TARGETS.items()]}
     print(f"hops: {' | '.join(HOPS)}", flush=True)
     ids = cards(s)
-    rates = [float(r) for r in args.rates.split(",")]
+    rates: list[float] = args.rates
     try:
         for name in args.configs.split(","):
             overrides, fsync = CONFIGS[name]

@@ -6,7 +6,9 @@ bench/results/<name>.png. Plots use matplotlib's non-interactive Agg backend (no
 
 from __future__ import annotations
 
+import argparse
 import json
+import math
 import os
 import platform
 import signal
@@ -53,6 +55,22 @@ def summary(values: Sequence[float]) -> dict[str, float]:
     q = statistics.quantiles(ordered, n=100, method="inclusive") if len(ordered) > 1 else [ordered[0]] * 99
     return {"count": len(ordered), "p50": round(q[49], 3), "p90": round(q[89], 3), "p99": round(q[98], 3),
             "max": round(ordered[-1], 3), "mean": round(statistics.fmean(ordered), 3)}
+
+
+def positive_rate(value: str) -> float:
+    """Pure: a rate argument (events or transactions per second), a finite number above 0."""
+    try:
+        rate = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a rate per second, a number: {value!r}") from None
+    if not math.isfinite(rate) or rate <= 0:
+        raise argparse.ArgumentTypeError(f"expected a rate per second above 0: {value!r}")
+    return rate
+
+
+def rate_list(value: str) -> list[float]:
+    """Pure: comma-separated rates per second (--rates), each above 0."""
+    return [positive_rate(part) for part in value.split(",")]
 
 
 def write_json(name: str, data: dict[str, Any]) -> Path:

@@ -44,7 +44,17 @@ from confluent_kafka import Consumer, TopicPartition
 
 from bench import procfs
 from bench.latency import observe, paced, probe
-from bench.report import machine_info, profile_start, profile_stop, pyplot, save_figure, summary, write_json
+from bench.report import (
+    machine_info,
+    positive_rate,
+    profile_start,
+    profile_stop,
+    pyplot,
+    rate_list,
+    save_figure,
+    summary,
+    write_json,
+)
 from connectors import stack
 from connectors.services import TOPIC_CHANGES, app_env
 from connectors.stack_settings import REPO, StackSettings, load_stack_settings
@@ -256,22 +266,6 @@ def plot(steps: list[dict[str, Any]], hold: list[dict[str, Any]], held_at: float
     right.set_ylabel("events/s")
     right.set_title(f"hold at {held_at:.0f} events/s")
     save_figure(fig, "throughput")
-
-
-def positive_rate(value: str) -> float:
-    """Pure: an events/s argument, which has to be a finite number above 0."""
-    try:
-        rate = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected events/s, a number: {value!r}") from None
-    if not math.isfinite(rate) or rate <= 0:
-        raise argparse.ArgumentTypeError(f"expected events/s above 0: {value!r}")
-    return rate
-
-
-def rate_list(value: str) -> list[float]:
-    """Pure: --rates, comma-separated events/s, each above 0."""
-    return [positive_rate(part) for part in value.split(",")]
 
 
 def hold_rate(best: float, wanted: float) -> float:

@@ -9,12 +9,10 @@ from typing import Any
 import pytest
 
 from bench.latency import HOPS, breakdown, paced
-from bench.report import profile_shares, summary
+from bench.report import positive_rate, profile_shares, rate_list, summary
 from bench.throughput import (
     hold_rate,
     metric_value,
-    positive_rate,
-    rate_list,
     replay_rate,
     sustained_target,
     verdict,
