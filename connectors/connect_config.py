@@ -38,7 +38,11 @@ def worker_props(bootstrap: str, host: str, port: int, plugins_dir: Path, replic
         "rest.advertised.host.name": host,
         "rest.advertised.port": port,
         "plugin.path": str(plugins_dir),
-        "plugin.discovery": "only_scan",
+        # Plugins are found through their ServiceLoader manifests (Debezium's jar and Kafka's own carry
+        # them), not by reflection over every class of plugin.path and the classpath: a worker starts
+        # ~20 s faster on 2 idle cores and ~55 s faster on loaded ones, where a replacement worker
+        # joins the group (docs/tuning.md).
+        "plugin.discovery": "service_load",
         # A dead worker's tasks move at the next rebalance, not after a 5-minute grace period.
         "scheduled.rebalance.max.delay.ms": 0,
         "connector.client.config.override.policy": "All",
