@@ -26,14 +26,14 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psycopg
 
-from clients.python.client import Client
+from clients.python.client import Batch, Client
 from connectors import procs, register, services, stack
 from connectors.stack_settings import StackSettings, load_stack_settings
 from contract.versions import lsn_of_text, version_of_lsn
@@ -215,12 +215,16 @@ def inject(s: StackSettings, fault: str, rng: random.Random) -> None:
         os.kill(pid, signal.SIGCONT)
 
 
-async def client_task(c: Client, behaviour: str, rng: random.Random, stop: asyncio.Event) -> None:
+async def client_task(c: Client, behaviour: str, rng: random.Random, stop: asyncio.Event,
+                      on_batch: Callable[[Batch], Awaitable[None]] | None = None) -> None:
+    """Takes batches until `stop` as `behaviour` says; `on_batch` sees each one as it is taken."""
     while not stop.is_set():
         try:
-            await c.next_batch(0.5)
+            batch = await c.next_batch(0.5)
         except TimeoutError:
             continue
+        if on_batch is not None:
+            await on_batch(batch)
         if behaviour == "slow":
             await asyncio.sleep(rng.uniform(0.01, 0.1))
         elif behaviour == "reconnecting" and rng.random() < 0.02:

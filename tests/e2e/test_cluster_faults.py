@@ -25,7 +25,7 @@ RUN_TIMEOUT_S = 480
 
 def test_every_tier_survives_losing_a_member_with_nothing_lost(tmp_path: Path) -> None:
     env = {**os.environ, "FRESHWIRE_TOPOLOGY": "cluster", "FRESHWIRE_STATE_DIR": str(tmp_path / "state"),
-           "FRESHWIRE_REPLICA": "1", "FRESHWIRE_REPLICA_DELAY_MS": "200", "FRESHWIRE_RELEASE_GATING": "1"}
+           "FRESHWIRE_REPLICA": "1", "FRESHWIRE_REPLICA_DELAY_MS": "1000", "FRESHWIRE_RELEASE_GATING": "1"}
     try:
         up = subprocess.run([sys.executable, "-m", "connectors.stack", "up", "--detach"], cwd=REPO, env=env,
                             capture_output=True, text=True, timeout=START_TIMEOUT_S)
