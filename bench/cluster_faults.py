@@ -32,6 +32,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,7 +51,7 @@ from bench.chaos import (
     received_violations,
     universe,
 )
-from clients.python.client import Client
+from clients.python.client import Batch, Client
 from connectors import cluster, procs, stack
 from connectors.stack_settings import StackSettings, load_stack_settings
 from contract import topics
@@ -102,7 +103,6 @@ class Probe:
         return next((inside for started, t, inside, _after in self.writes if started > t0 and t == tenant), None)
 
 
-
 @dataclass
 class ReplicaCheck:
     """Re-reads from the replica the moment a client takes a batch: the replica must already have
@@ -114,9 +114,16 @@ class ReplicaCheck:
     rereads: int = 0                  # replica queries made
     batches: int = 0                  # batches checked
     stale: list[str] = field(default_factory=list)
+    conns: list[psycopg.AsyncConnection[Any]] = field(default_factory=list)
 
-    async def connect(self) -> psycopg.AsyncConnection[Any]:
-        return await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
+    async def hooks(self, n: int) -> list[Callable[[dict[str, str]], Awaitable[None]]]:
+        """`n` batch hooks, one per client, each on a connection of its own."""
+        self.conns = [await psycopg.AsyncConnection.connect(self.dsn, autocommit=True) for _ in range(n)]
+        return [functools.partial(self.check, conn) for conn in self.conns]
+
+    async def close(self) -> None:
+        for conn in self.conns:
+            await conn.close()
 
     async def check(self, conn: psycopg.AsyncConnection[Any], batch: dict[str, str]) -> None:
         newest = max(batch.values(), default="")
@@ -230,9 +237,10 @@ async def run(s: StackSettings, rate: float, seed: int, timeout_s: float,
         await c.subscribe([*universe(ITEMS, tenant), probe_key(tenant)])
         clients.append((tenant, ("steady", "slow")[n % 2], c))
     stop = asyncio.Event()
-    replica = ReplicaCheck(s.replica_dsn) if s.with_replica and s.replica_dsn else None
-    conns = [await replica.connect() for _ in clients] if replica is not None else []
-    hooks = [functools.partial(replica.check, conn) for conn in conns] if replica is not None else [None] * len(clients)
+    replica = ReplicaCheck(s.replica_dsn) if s.with_replica else None
+    hooks: list[Callable[[Batch], Awaitable[None]] | None] = [None] * len(clients)
+    if replica is not None:
+        hooks = [*await replica.hooks(len(clients))]
     tasks = [asyncio.create_task(client_task(c, b, rng, stop, hook))
              for (_t, b, c), hook in zip(clients, hooks, strict=True)]
     probe = Probe(s.app_dsn)
@@ -288,9 +296,9 @@ async def run(s: StackSettings, rate: float, seed: int, timeout_s: float,
     violations += found
     for _t, _b, c in clients:
         await c.close()
-    for conn in conns:
-        await conn.close()
-    violations += replica.stale if replica is not None else []
+    if replica is not None:
+        await replica.close()
+        violations += replica.stale
     violations += [f"recovery: {f} never resumed" for f, r in recoveries.items() if r["recovery_s"] is None]
     running = stack.running_parts(s)
     print(f"  {time.monotonic() - started:6.1f}s checked", flush=True)
