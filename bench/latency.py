@@ -2,7 +2,7 @@
 WebSocket client, through real Debezium, Kafka, the consumer, Redis and the gateway, with the time
 broken down per hop.
 
-    .venv/bin/python -m bench.latency [--rates 10,100,1000] [--subscribers 1,100] [--seconds 8]
+    .venv/bin/python -m bench.latency [--rates 10,100,1000] [--subscribers 1,100] [--seconds 8] [--client-queue 16]
                                       [--configs tuned,defaults,tuned-fsync-always]
                                       [--set poll.interval.ms=20 ...] [--name latency]
 
@@ -57,6 +57,7 @@ SECRET = os.environ.get("FRESHWIRE_JWT_SECRET", "freshwire-dev-secret-change-me-
 KEYS = 20
 TX_PER_WRITER = 250
 DRAIN_S = 2.0
+CLIENT_QUEUE = 16  # frames; the websockets library's default (see clients_process)
 SETTLE_TIMEOUT_S = 30.0
 PROBE_SQL = "UPDATE cards SET version = version + 1 WHERE id = %s RETURNING txid_current()::text"
 # name -> (connector overrides, Redis appendfsync). Redis' fsync is on the publish path: "everysec"
@@ -202,20 +203,23 @@ def listen(url: str, ready: threading.Event, stop: threading.Event, out: dict[st
         client.close()
 
 
-def clients_process(url: str, keys: list[str], subs: int, ready: MpEvent, stop: MpEvent, results: Any) -> None:
-    """Runs in its own process: `subs` connections on all keys; sends [(version, receipt ms)] back."""
+def clients_process(url: str, keys: list[str], subs: int, ready: MpEvent, stop: MpEvent, results: Any,
+                    max_queue: int | None = CLIENT_QUEUE) -> None:
+    """Runs in its own process: `subs` connections on all keys; sends [(version, receipt ms)] back.
+
+    `max_queue` is the websockets library's: with a number, the library stops reading a connection's
+    socket once that many frames wait for this code, so a ping is answered only after the frames before
+    it were taken (the gateway's unread budget then holds that connection and coalesces its changes);
+    None reads and answers ahead without bound, holding the backlog in this process."""
     got: list[tuple[str, float]] = []
 
     async def one(opened: asyncio.Event) -> None:
-        async with websockets.connect(url, max_queue=None) as ws:
+        async with websockets.connect(url, max_queue=max_queue) as ws:
             await ws.send(json.dumps({"op": "subscribe", "keys": keys}))
             await ws.recv()
             opened.set()
-            while not stop.is_set():
-                try:
-                    message = json.loads(await asyncio.wait_for(ws.recv(), 0.2))
-                except TimeoutError:
-                    continue
+            async for raw in ws:
+                message = json.loads(raw)
                 if message.get("type") == "invalidate":
                     now = time.time() * 1000
                     got.extend((v, now) for v in message["keys"].values())
@@ -226,7 +230,12 @@ def clients_process(url: str, keys: list[str], subs: int, ready: MpEvent, stop: 
         for o in opened:
             await o.wait()
         ready.set()
-        await asyncio.gather(*tasks)
+        await asyncio.to_thread(stop.wait)
+        for task in tasks:
+            task.cancel()
+        for outcome in await asyncio.gather(*tasks, return_exceptions=True):
+            if not isinstance(outcome, asyncio.CancelledError | None):
+                raise outcome  # a connection the gateway closed: the arm's figures would be wrong
 
     asyncio.run(main())
     results.put(got)
@@ -267,13 +276,14 @@ class Observation:
 
 
 @contextmanager
-def observe(s: StackSettings, keys: list[str], subs: int) -> Iterator[Observation]:
+def observe(s: StackSettings, keys: list[str], subs: int,
+            max_queue: int | None = CLIENT_QUEUE) -> Iterator[Observation]:
     """Clients (their own process, `subs` connections on `keys`) and a Redis subscriber listen while
     the body writes; on exit they drain for DRAIN_S and the receipts are collected."""
     url = f"ws://{s.host}:{s.gateway_port}/ws?token={mint(SECRET, 'bench', ['card:*'], 3600)}"
     ctx = mp.get_context("spawn")
     ready, stop, results = ctx.Event(), ctx.Event(), ctx.Queue()
-    clients = ctx.Process(target=clients_process, args=(url, keys, subs, ready, stop, results))
+    clients = ctx.Process(target=clients_process, args=(url, keys, subs, ready, stop, results, max_queue))
     clients.start()
     seen = Observation(clients_pid=clients.pid)
     listening, stop_listening = threading.Event(), threading.Event()
@@ -317,10 +327,11 @@ def census_during(s: StackSettings, seen: Observation, seconds: float, out: dict
     return thread
 
 
-def arm(s: StackSettings, ids: list[int], rate: float, subs: int, seconds: float) -> dict[str, Any]:
+def arm(s: StackSettings, ids: list[int], rate: float, subs: int, seconds: float,
+        max_queue: int | None = CLIENT_QUEUE) -> dict[str, Any]:
     commits: dict[str, float] = {}
     census: dict[str, Any] = {}
-    with observe(s, [f"card:{i}" for i in ids], subs) as seen:
+    with observe(s, [f"card:{i}" for i in ids], subs, max_queue) as seen:
         taking = census_during(s, seen, seconds, census)
         write_all(s, ids, rate, seconds, commits)
         taking.join()
@@ -394,8 +405,12 @@ def main(argv: list[str] | None = None, run_arm: Callable[..., dict[str, Any]] =
                              "(WARM_MAX_S at most)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a connector setting for every configuration (repeatable)")
+    parser.add_argument("--client-queue", type=int, default=CLIENT_QUEUE,
+                        help="the clients' websockets max_queue in frames; 0: unbounded (the bench before "
+                             "2026-12-03), the library then reads and answers pings ahead of the code")
     parser.add_argument("--name", default="latency", help="bench/results/<name>.json and .png")
     args = parser.parse_args(argv)
+    max_queue = args.client_queue or None
     extra = dict(kv.split("=", 1) for kv in args.set)
     s = load_stack_settings()
     started = stack.up(s, quiet=True)
@@ -412,7 +427,7 @@ def main(argv: list[str] | None = None, run_arm: Callable[..., dict[str, Any]] =
                                                                max(rates), args.warmup)
             for rate in rates:
                 for subs in (int(n) for n in args.subscribers.split(",")):
-                    result = {"config": name, **run_arm(s, ids, rate, subs, args.seconds)}
+                    result = {"config": name, **run_arm(s, ids, rate, subs, args.seconds, max_queue)}
                     result["targets"] = target_check(rate, subs, result["end_to_end_ms"])
                     results["arms"].append(result)
                     print(row(name, result), flush=True)
