@@ -42,8 +42,8 @@ from typing import Any
 import psycopg
 from confluent_kafka import Consumer, TopicPartition
 
-from bench import procfs
-from bench.latency import observe, paced, probe
+from bench import procfs, sched
+from bench.latency import census_during, observe, paced, probe
 from bench.report import (
     machine_info,
     positive_rate,
@@ -97,10 +97,13 @@ def write(s: StackSettings, ids: list[int], rows: int, tx_rate: float, seconds: 
 
 
 def run_load(s: StackSettings, ids: list[int], events_rate: float, rows: int, seconds: float) -> dict[str, Any]:
-    """One load phase; returns commits, pubsub arrivals and client receipts, all in epoch ms."""
+    """One load phase; returns commits, pubsub arrivals and client receipts, all in epoch ms, and the
+    CPU census (bench/sched.py) over its middle: where the cores went, and how long tasks waited for one."""
     commits: dict[str, float] = {}
     lag_samples: list[tuple[float, float]] = []
+    census: dict[str, Any] = {}
     with observe(s, [f"card:{i}" for i in ids], 1) as seen:
+        taking = census_during(s, seen, seconds, census)
         n = max(1, math.ceil(events_rate / EVENTS_PER_WRITER))
         tx_rate = events_rate / rows / n
         threads = [threading.Thread(target=write, args=(s, ids[w::n], rows, tx_rate, seconds, commits, w))
@@ -111,8 +114,9 @@ def run_load(s: StackSettings, ids: list[int], events_rate: float, rows: int, se
         while any(t.is_alive() for t in threads):
             time.sleep(1.0)
             lag_samples.append((time.time() * 1000 - t0, consumer_lag_records(s)))
+        taking.join()
     return {"t0": t0, "commits": commits, "published": seen.published, "receipts": seen.receipts,
-            "lag_records": lag_samples}
+            "lag_records": lag_samples, "cpu": census}
 
 
 def warm_up(s: StackSettings, ids: list[int], events_rate: float, rows: int) -> None:
@@ -177,7 +181,8 @@ def verdict(rate: float, rows: int, seconds: float, load: dict[str, Any]) -> dic
             and missing == 0)
     return {"rate": rate, "achieved_events_per_s": round(achieved, 1), "transactions": len(commits),
             "unreleased_transactions": missing, "commit_to_client_ms": stats,
-            "commit_to_release_ms": summary(lags), "max_lag_records": max(lag_records, default=0.0), "held": held}
+            "commit_to_release_ms": summary(lags), "max_lag_records": max(lag_records, default=0.0), "held": held,
+            "cpu": load.get("cpu") or {}}
 
 
 def replay(s: StackSettings, timeout_s: float, profile: bool) -> dict[str, Any]:
@@ -285,7 +290,8 @@ def one_run(s: StackSettings, ids: list[int], args: argparse.Namespace, n: int) 
         c, r = step["commit_to_client_ms"], step["commit_to_release_ms"]
         print(f"run {n} step {rate:>6.0f} ev/s: achieved {step['achieved_events_per_s']:>8.1f}  client p50 "
               f"{c['p50']:6.1f} p99 {c['p99']:7.1f} ms  worst lag {r['max']:7.1f} ms  lag records "
-              f"{step['max_lag_records']:.0f}  {'held' if step['held'] else 'NOT held'}", flush=True)
+              f"{step['max_lag_records']:.0f}  {'held' if step['held'] else 'NOT held'}"
+              + (f"\n          {sched.text(step['cpu'])}" if step["cpu"] else ""), flush=True)
         if not step["held"]:
             break
         run["best"] = rate
