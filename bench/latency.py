@@ -234,8 +234,10 @@ def clients_process(url: str, keys: list[str], subs: int, ready: MpEvent, stop: 
         for task in tasks:
             task.cancel()
         for outcome in await asyncio.gather(*tasks, return_exceptions=True):
-            if not isinstance(outcome, asyncio.CancelledError | None):
-                raise outcome  # a connection the gateway closed: the arm's figures would be wrong
+            if isinstance(outcome, BaseException) and not isinstance(outcome, asyncio.CancelledError):
+                raise outcome  # the connection failed: the arm's figures would be wrong
+            if outcome is None:  # `async for` ended: the gateway closed it normally before the stop
+                raise RuntimeError("a client connection closed before the arm ended")
 
     asyncio.run(main())
     results.put(got)
@@ -410,6 +412,8 @@ def main(argv: list[str] | None = None, run_arm: Callable[..., dict[str, Any]] =
                              "2026-12-03), the library then reads and answers pings ahead of the code")
     parser.add_argument("--name", default="latency", help="bench/results/<name>.json and .png")
     args = parser.parse_args(argv)
+    if args.client_queue < 0:
+        parser.error("--client-queue must be 0 (unbounded) or a number of frames")
     max_queue = args.client_queue or None
     extra = dict(kv.split("=", 1) for kv in args.set)
     s = load_stack_settings()
